@@ -1,0 +1,658 @@
+"""The one registry of every dataset xreg_edu can load: files, hashes, pinned public URLs, terms, citations.
+
+Each file is identified by its path relative to the data folder (the same layout in the mirror ``XREG_EDU_MIRROR``
+and in the cache ``XREG_EDU_DATA``), its size in bytes, its sha256 and the public URL it was copied from, pinned to a
+commit (``raw.githubusercontent.com/OWNER/REPO/COMMIT/PATH``). Provenance of each file: ``shared/data/SOURCES.md``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import quote
+
+__all__ = ["RemoteFile", "DatasetSpec", "REGISTRY", "get_spec", "dataset_names"]
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One registered file.
+
+    Attributes:
+        path: path relative to the data folder, e.g. ``"open_ms_data_mni/patient07/T1_...nii.gz"``.
+        sha256: expected sha256 hex digest of the file's bytes.
+        size: expected size in bytes (a smaller download is reported as truncated).
+        url: original public URL, pinned to a commit or release tag.
+        embedded: path inside an installed package (``"nilearn:datasets/data/..."``) tried before the cache.
+    """
+
+    path: str
+    sha256: str
+    size: int
+    url: str
+    embedded: str | None = None
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Everything known about one dataset (see :func:`xreg_edu.datasets.dataset_card` for the reader's view)."""
+
+    name: str
+    title: str
+    description: str
+    files: tuple[RemoteFile, ...]
+    source: str
+    upstream: str
+    licence: str
+    citation: str
+    use: str
+    modalities: tuple[str, ...]
+    subjects: tuple[str, ...]
+    label_names: dict[int, str] | None
+    default_group: str
+    simulated: tuple[str, ...] = ()
+    notes: str = ""
+    dims: tuple[int, ...] = (2, 3)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        """Total size of the dataset's files in bytes."""
+        return sum(f.size for f in self.files)
+
+
+# sha256, size in bytes, path relative to the data folder (identical to shared/data/SOURCES.md).
+_MANIFEST = """
+421a10e872fd6cadae7f61d358dffbcc1795a497d61ee76c5dda2503e1a1e9e6 1617531 icbm152/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz
+97a5ca69bd24db37a9cb7b32525e1733a209af904129bf1cd36da06d24243bed 1965510 icbm152/mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz
+382d92812de4744f9c86c7a0e4f680dc317a0a50e4da1f0153618a6798c7b7db 1553010 icbm152/mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz
+f3f77d4118ccef62a378dc62de561e5d752eabe4247f14467ab43268778ddb0f 9589 antspy_r_slices/r16slice.jpg
+58ea0334a62760ce2e003b2df60485e8cfcde097ea200f6cf4da38fb03aaf8a8 7021 antspy_r_slices/r27slice.jpg
+674ea6502418c63eb460bb7c40ff6dec21a05513cbc7218fa80e13e176ec946a 7058 antspy_r_slices/r30slice.jpg
+acec668caf244f17ba3d35b0ec36b03a8bc32eb8e51d44f970408a16f399dce8 7129 antspy_r_slices/r62slice.jpg
+3971218c84734fa1e65ec4472cc8d5cd81eeaa2a904fa7e50c74e9fe07f59d59 9477 antspy_r_slices/r64slice.jpg
+d7d396b89e83cb9db4e36627c36965c3aaf149387b38233ffccc5e88006d252d 7035 antspy_r_slices/r85slice.jpg
+f6f985225a76f2ac50581ebfab3dce30bfb999e7a818a3a08424461501c18a5a 348 brainweb_crisp_3mm_nrough/ANA_3CRISP00001.hdr
+1b0d316e5459ff8ab8973afa7feb64c1d720cf4149e63b7a45dd9c88bcaeb515 2356620 brainweb_crisp_3mm_nrough/ANA_3CRISP00001.img
+c5b6a00151793a3f3aec3c15e781319a3b1d9cdecf8a15acf00465ff287cb97e 27721 brainweb_itk_slices/BrainProtonDensitySlice.png
+fc97f4f1efccc15b4f99e72f7103e6867d922788baf8be5a3c364ffb81eb29a5 16927 brainweb_itk_slices/BrainProtonDensitySliceBorder20.png
+aa47a80c3696407b44bd64e13715bca58bd1ff4e417c044230e3c6b97cb4c60b 16253 brainweb_itk_slices/BrainProtonDensitySliceR10X13Y17.png
+809ace8ab1db119e6f7369978f27a9e49bb880cd3ff72a22b52f7f4df4c1603a 12007 brainweb_itk_slices/BrainProtonDensitySliceR10X13Y17S12.png
+270d0cf14afed62f1fb80cdbaf225344abc71395eb6043de21c487592eb79a74 27753 brainweb_itk_slices/BrainProtonDensitySliceRotated10.png
+06796d27fea09efc4c14166fd6d58e577d9e9dafb3ef63ba121deb26d95d2b5b 16907 brainweb_itk_slices/BrainProtonDensitySliceShifted13x17y.png
+3aa845bf33948d351c1d200b7690cb9f3879a73f14ce43a3ac1357a1b69a1b7a 24964 brainweb_itk_slices/BrainT1Slice.png
+e67d024476c13da7efc9b8b9b1fb13e61e95f51ec5ae41f97ed831a1bc8f3943 15503 brainweb_itk_slices/BrainT1SliceBorder20.png
+d99a463f440b686cd9bdeb7be54958c007cdf21b1990002f8fdb9a5118eff045 2389826 brats2012_HG0015_mpr/BRATS_HG0015_FLAIR.mha
+93348d84834d42ce1c401298ee4af6a8ffb3234b134bcdc35840a90b1d542812 2272804 brats2012_HG0015_mpr/BRATS_HG0015_T1.mha
+3be3a1556a6a7b87970d4978033b0d0a09e6c35cb20f99b14e7a2c7bc4159a05 2473958 brats2012_HG0015_mpr/BRATS_HG0015_T1C.mha
+c03447d84109cbf93144a62213ef904ed64aa991611c51882064fbf1f116c73e 2477302 brats2012_HG0015_mpr/BRATS_HG0015_T2.mha
+b6ea2e64e6f3a806089fd394a4896b411e2f6d2c25438cd38a243ff2a93fa875 34069 brats2012_HG0015_mpr/BRATS_HG0015_truth.mha
+4ea37b350ba6ec5b827fe054ee5e00414f67537ae35ef5cf2625fbe424dad06d 17352 cinemyops_demo_case1002/image/Case1002_s01_0000.nii.gz
+f4ae0ddd7db6ba9630ce7f9bbd0e5673d0e675a8f5d23d637b4937256877ca03 17379 cinemyops_demo_case1002/image/Case1002_s01_0001.nii.gz
+6862b3a45ace1682c1a9d120a60ef438b7913d8c8245d0dfc3e4c125cbb818ab 17319 cinemyops_demo_case1002/image/Case1002_s01_0002.nii.gz
+d5ac8e6d730139403583f0ed85df761cfc96d45c89fed7db32c7e9a388718cc6 17311 cinemyops_demo_case1002/image/Case1002_s01_0003.nii.gz
+0fec0021981161f12fcc4b95b3e3d40c609d634316ec913c29f43104b5650fbf 17453 cinemyops_demo_case1002/image/Case1002_s01_0004.nii.gz
+d5f9b40259705523703e96cea9efe70a11f479a204aae245559154431c3ab11c 17453 cinemyops_demo_case1002/image/Case1002_s01_0005.nii.gz
+5349603789c3e9e0e311d7307a5ad105c66143355d7978e3f5931bb4a1f93af7 17479 cinemyops_demo_case1002/image/Case1002_s01_0006.nii.gz
+e54ec447e5f738493b696d72f2a9963b375fe8c1c1cc89796f7c15c5292d6e8b 17583 cinemyops_demo_case1002/image/Case1002_s01_0007.nii.gz
+f4eef04e724e71f56e49a4228d77f792e7b0b18b7ddac2e9f39897c0f108518c 17521 cinemyops_demo_case1002/image/Case1002_s01_0008.nii.gz
+7848854cfd29d1cf12984d57c132d504592e6db99152d831137926b45022500b 17573 cinemyops_demo_case1002/image/Case1002_s01_0009.nii.gz
+9bca8bdd6e81b1058d3ceef715ee2791ca50db5b17e8e68468f257e9e31b294b 17517 cinemyops_demo_case1002/image/Case1002_s01_0010.nii.gz
+c811895c940c13c0eb1a7327935f324195925724f0777383c996790b7717415d 17560 cinemyops_demo_case1002/image/Case1002_s01_0011.nii.gz
+5b3f3ccd14e1577657bc8ef0e21c2fa1bbdaa710051207c632c9a63f11d2418b 17432 cinemyops_demo_case1002/image/Case1002_s01_0012.nii.gz
+aa48ad2bff7df937923169c5042c9336946f70eaab294b5c6305f33da094f231 17366 cinemyops_demo_case1002/image/Case1002_s01_0013.nii.gz
+cfba711dbca2996d63f3427054697288488fa4679302bccae73b73eb9110ff65 17374 cinemyops_demo_case1002/image/Case1002_s01_0014.nii.gz
+01c9522c6422b777351e162d55580d90bb8ba5577f63bc5f3c162bdd273a5067 17382 cinemyops_demo_case1002/image/Case1002_s01_0015.nii.gz
+10957aa2dfe69a17376f57cd2edf544bb879a06838d60701e0ad8782eb6b2f33 17458 cinemyops_demo_case1002/image/Case1002_s01_0016.nii.gz
+0b0c471f3e45ab7b8f1a260e5643145bcf828336fd6e80828406a7bc6ad3c155 17732 cinemyops_demo_case1002/image/Case1002_s02_0000.nii.gz
+ec2283cf0b8c9260ab70611b75da16eeacead5e3db806df53270e474b9fd1a89 17775 cinemyops_demo_case1002/image/Case1002_s02_0001.nii.gz
+e5eac995f46b4370414f82919b037087aa21a57f80b3d968403f664666866d6b 17734 cinemyops_demo_case1002/image/Case1002_s02_0002.nii.gz
+2dc95423aec8dc349928f5eed365f025c87c6a8933d1fe20e015203be0b98d60 17738 cinemyops_demo_case1002/image/Case1002_s02_0003.nii.gz
+9bcf01ef8928b23838efeb9ae4f22e90e22703a95b55ddb5b71b81feda070199 17671 cinemyops_demo_case1002/image/Case1002_s02_0004.nii.gz
+e713438f9a4c8e56e98f938f57b79e548df3d9c68fd2108340d10705fc3d8933 17885 cinemyops_demo_case1002/image/Case1002_s02_0005.nii.gz
+9af9081ef25756fb4ce5d89f0f7e47cce9449e66cc467d88c7e03b41e293927c 17854 cinemyops_demo_case1002/image/Case1002_s02_0006.nii.gz
+46b50f29daa4df0268066e58711336ae38a893ea1a125fe40d703837b2e3f5b3 17874 cinemyops_demo_case1002/image/Case1002_s02_0007.nii.gz
+563d8239d4ff8b024e9720a5cc4fb97eb2ec3ea440d263b401786c6276bafd7e 17858 cinemyops_demo_case1002/image/Case1002_s02_0008.nii.gz
+4be04554b33131cf72e0036411ce24ed7bc5e14c921a6b8a3e039ce63064c4a6 17900 cinemyops_demo_case1002/image/Case1002_s02_0009.nii.gz
+bd8068eb81c2b1317b8a165ade1fb881759549af31a86d9a9ee189519b7f4359 17860 cinemyops_demo_case1002/image/Case1002_s02_0010.nii.gz
+7dca5814477429fe68170374abbbb26d1a0597004099eb05017236f7cfc2c75a 17797 cinemyops_demo_case1002/image/Case1002_s02_0011.nii.gz
+06c099955f13c8d55f56651a635efbda9e071cea3cbd84a847fad2f8b74479f8 17824 cinemyops_demo_case1002/image/Case1002_s02_0012.nii.gz
+6bf90d2c6dd422f1e153119949ed52772ee997018d2d32fe7f20478b410fda53 17821 cinemyops_demo_case1002/image/Case1002_s02_0013.nii.gz
+e9aeba61c1293c881dc40dbd1522aed9a25a8265f5e92a5a56d1f277b8c5d545 17687 cinemyops_demo_case1002/image/Case1002_s02_0014.nii.gz
+0aa37e406cdcf20e952f5231948f237be3fe67976f75fbf028a3d9daf5b30ba5 17856 cinemyops_demo_case1002/image/Case1002_s02_0015.nii.gz
+bd063fe77a2d9bfc06675dc341db215fd8d3262dc260b9adfe6280506c7b3067 17859 cinemyops_demo_case1002/image/Case1002_s02_0016.nii.gz
+ead0b01457bd23631c159e6d0921e726995db0ff0710a5ea8946e4c63a123432 17733 cinemyops_demo_case1002/image/Case1002_s03_0000.nii.gz
+2861270cec9f17fb4b4d731a79ff10ed0ba40223993aed29f45ecd469b424838 17691 cinemyops_demo_case1002/image/Case1002_s03_0001.nii.gz
+17e8a8d5583e29c2bff79dcd26d3593eda35b7e9b227c252c56f223dbeabf1cb 17589 cinemyops_demo_case1002/image/Case1002_s03_0002.nii.gz
+3092f93e798e1c772a335cdef0e47ad84aa2ad113ef9646086f4ee95d5cbc53c 17677 cinemyops_demo_case1002/image/Case1002_s03_0003.nii.gz
+024ec48e5a2b031633c708371b68a0d7a2e14c6a4d58bac17dcf9c5f23e40f82 17704 cinemyops_demo_case1002/image/Case1002_s03_0004.nii.gz
+b240c58601d6498d2ffc211dd54fc358ad482b89317cb642a9608243e81edc09 17753 cinemyops_demo_case1002/image/Case1002_s03_0005.nii.gz
+47c019400bdf951220e2530a81237b1821b7989e47b79fffd6af5d8a9bd24f8e 17805 cinemyops_demo_case1002/image/Case1002_s03_0006.nii.gz
+6955911b88d01374c953516d42bf0f710044ba65e829b7391bcfcf059b196771 17738 cinemyops_demo_case1002/image/Case1002_s03_0007.nii.gz
+3cbcd439829b2fa774de6ca6671f3a71b6b54c58998ace4741da146f519e2313 17775 cinemyops_demo_case1002/image/Case1002_s03_0008.nii.gz
+1b0a75ecfa03a6aa0e7b1c8b9fd696c06c9b2083e65fd3b3cfe24ebe3131d094 17767 cinemyops_demo_case1002/image/Case1002_s03_0009.nii.gz
+92cf85ab8a7281e8f4341696de283fdeebf8c04c8095c1fa3031c7663f8f08d5 17592 cinemyops_demo_case1002/image/Case1002_s03_0010.nii.gz
+d9373d0003351c4310325294c63a9b6fdd54c763c3e1614feae325dc49db266d 17617 cinemyops_demo_case1002/image/Case1002_s03_0011.nii.gz
+b9356cb5c80e7a0f02deceb544076be201e8568cd8ba316833a3abbe770f8611 17572 cinemyops_demo_case1002/image/Case1002_s03_0012.nii.gz
+f1612ef1264893e0e98d7c9a3f1a4f19601be431af3549781f46d2bb52064cdc 17661 cinemyops_demo_case1002/image/Case1002_s03_0013.nii.gz
+e0b51e7750a6bc17f1394c853d47ac3ec8b22e7bfb56f35ef9f5b142b4d042e5 17560 cinemyops_demo_case1002/image/Case1002_s03_0014.nii.gz
+a88f9a16484792e4d7d61275d6971c5269270ef8601c0d610089ba13aa979744 17598 cinemyops_demo_case1002/image/Case1002_s03_0015.nii.gz
+f6c7af632eaabbfaee7c388168c1c24fdee41895958bc5027af15870878d07cf 17635 cinemyops_demo_case1002/image/Case1002_s03_0016.nii.gz
+ed4a91ad3b82ddf85da1fb17431ddf811d7aadcf8ac12ef781030849fa5e521a 17973 cinemyops_demo_case1002/image/Case1002_s04_0000.nii.gz
+54a244503cf3d362fada34c06780fc5332c4873639889984aca9039cd219a41c 17919 cinemyops_demo_case1002/image/Case1002_s04_0001.nii.gz
+9c55279629a5aee5bfef6b36b214c1e753023fb49b9f6c2a5b9f58cad9f8032c 17928 cinemyops_demo_case1002/image/Case1002_s04_0002.nii.gz
+fc424fe9c40f2afa57ae660a7be26de82c81608f8f7f98847e19aaf09e9413e6 17937 cinemyops_demo_case1002/image/Case1002_s04_0003.nii.gz
+81fd1cc14bb63c11c34852aef3c4b9aa5cb8a3957adef339821e5d907e2438eb 18014 cinemyops_demo_case1002/image/Case1002_s04_0004.nii.gz
+64a1c3090009a2cdb017dcd0d89c0b21bcdf329491b0514fe2e6dda87d2ae187 17903 cinemyops_demo_case1002/image/Case1002_s04_0005.nii.gz
+159c1fd8d0224f86dd984ad2a770469f2a9f50f817a44b7a8824a12a0d9b6f2a 17923 cinemyops_demo_case1002/image/Case1002_s04_0006.nii.gz
+8290c99bdb1a91c1b6000ebe83d8df80edc8da757160bf2631fda219d1f2fbab 17899 cinemyops_demo_case1002/image/Case1002_s04_0007.nii.gz
+a80051d0977471618a6f86cf733f495e33c19aeb7f4ffee5b9b7d6c2f859b085 17869 cinemyops_demo_case1002/image/Case1002_s04_0008.nii.gz
+9b02ff6a788a791128ed2ea7072fb8fb5647dbccee5c99084198d43f671826b0 17924 cinemyops_demo_case1002/image/Case1002_s04_0009.nii.gz
+101e94440e1886717386738ccbcb2e20392d2e3a3b4a0b7241966ae807ee5b8c 17861 cinemyops_demo_case1002/image/Case1002_s04_0010.nii.gz
+ccd4501ab3d75e1e40a5ad18100c2a22d03563b05d5a87107a3b9807a76ed229 17808 cinemyops_demo_case1002/image/Case1002_s04_0011.nii.gz
+17d3c2f102d966b0614530ab5748ce6f5501d498557a127892ac87c54e5787e6 17836 cinemyops_demo_case1002/image/Case1002_s04_0012.nii.gz
+b8d09c7918486662ee77106c8b5522634c383c29f298059273ea9230e3529ed2 17822 cinemyops_demo_case1002/image/Case1002_s04_0013.nii.gz
+4faa35a5afd2483e7cc1ef18d0272c85e812ad458cd02c47341c58f313e40a7a 17851 cinemyops_demo_case1002/image/Case1002_s04_0014.nii.gz
+4ef83cab99a8842b9ce97e90621a21be6d53c7d5a0a52e683d61c5c908d65b5f 17825 cinemyops_demo_case1002/image/Case1002_s04_0015.nii.gz
+700bb1d530a7708c208475db390fb0fa6b0e12de8e3b48cac02f2af703abb92c 17824 cinemyops_demo_case1002/image/Case1002_s04_0016.nii.gz
+259d26037521db93d8aa03668a09088a99e69fc6998ae4ae651564b43a5b2e22 17708 cinemyops_demo_case1002/image/Case1002_s05_0000.nii.gz
+157667d14ff679f89d0a25c06aacaf2dff957f3a001f5e10304c27c562cfe653 17672 cinemyops_demo_case1002/image/Case1002_s05_0001.nii.gz
+88aad66a3d350b32f0ca634237d2c710991839836bab34bb107cc142dcadb608 17653 cinemyops_demo_case1002/image/Case1002_s05_0002.nii.gz
+86018ba4135fdf13225e641efa67a8cfba3b29928a8fcc0589843826d96838b7 17585 cinemyops_demo_case1002/image/Case1002_s05_0003.nii.gz
+e0010b304ef185ef6fa13184bd6dbd2e72490d9e8ff0692e5bfa0e9c456e3c4f 17645 cinemyops_demo_case1002/image/Case1002_s05_0004.nii.gz
+4738eb713b5039aaeee35507ba03cbcd0f8b0bb2bc1598d891a04deb7f8d3058 17609 cinemyops_demo_case1002/image/Case1002_s05_0005.nii.gz
+8cc99e6fcc6219d99f7b35e7fd5d0fbed447c0a3120852b8efafb92d5abba1b1 17594 cinemyops_demo_case1002/image/Case1002_s05_0006.nii.gz
+6c1ce11de4dbf26e2f6eddc02435171e0eb43df69887a9b13d4bfc4786b3c53c 17642 cinemyops_demo_case1002/image/Case1002_s05_0007.nii.gz
+3e9485b11d7f89ee1ff0b796799ff88b951ec215fa2d22b2bd8cdd67fb476e20 17650 cinemyops_demo_case1002/image/Case1002_s05_0008.nii.gz
+0598d3250d0569ac6cf9b2d0f4d2aa6178403ef86b2d89bdad2c028156e2dae9 17622 cinemyops_demo_case1002/image/Case1002_s05_0009.nii.gz
+ba75b97a329e9252bd9a34d9e1827c6e94a05e60e5e7e24057e5f589f05fd54a 17674 cinemyops_demo_case1002/image/Case1002_s05_0010.nii.gz
+852ba0e6cee0234abdeb9e39add6146ed6bcc96758f5ded76a7126dff112f4f3 17614 cinemyops_demo_case1002/image/Case1002_s05_0011.nii.gz
+02801ffc06e0ea0b89e0ae06d3218ed699fbc3078ba09ba2e3fe136562868bb6 17608 cinemyops_demo_case1002/image/Case1002_s05_0012.nii.gz
+0d878d54b1a17d56a405ebd43dee655b9c51369649c4e370ae9ff24c3085bcf1 17592 cinemyops_demo_case1002/image/Case1002_s05_0013.nii.gz
+4926a84bbe47e70cb8813fda44931075ed1b945aa4139d884a0e0ae5957744e5 17571 cinemyops_demo_case1002/image/Case1002_s05_0014.nii.gz
+cbc6f82510354e80fd706806e22be45c19ee3f36b329a1928dcf238cc9a8b47b 17607 cinemyops_demo_case1002/image/Case1002_s05_0015.nii.gz
+2074d6becb32b8d26d868e2a443a11551cc2aab5503ce0fe4f4ac95dde77aba2 17758 cinemyops_demo_case1002/image/Case1002_s05_0016.nii.gz
+f04a3171881bd15e54d8d03c05f3830ff762fd6acf6cb8a83adb117d2f135c76 17868 cinemyops_demo_case1002/image/Case1002_s06_0000.nii.gz
+4539a297ddf867e45869fa8e56fd9cbf8498c70eb90f13835f42e0f51d469849 17973 cinemyops_demo_case1002/image/Case1002_s06_0001.nii.gz
+8535aa2e3a15b13c5d7cda51f23407317ea3d92953bc67f9bd90ebcb8bfe70f9 17989 cinemyops_demo_case1002/image/Case1002_s06_0002.nii.gz
+fd0bb4b076baa1f64f9f07139f34589e465320d410280a2666291a551e6c1429 17980 cinemyops_demo_case1002/image/Case1002_s06_0003.nii.gz
+18f463bbed626f52dc0a7ed1573bf15edfdf8d793b14118442694932817dbbe2 17990 cinemyops_demo_case1002/image/Case1002_s06_0004.nii.gz
+a4d47efc118c68cfb578585970572f915bb8b4095edc66b0a4861b99e0e2eb24 18106 cinemyops_demo_case1002/image/Case1002_s06_0005.nii.gz
+8ef2b216ee1352cbb1d98f36222efd9b2f1c690820eadcbcd7385ce0ad04283b 17999 cinemyops_demo_case1002/image/Case1002_s06_0006.nii.gz
+6e1d421dac4c04f3ea67fc90f148e0378c457efaf253eab5ba018704dbea2793 17964 cinemyops_demo_case1002/image/Case1002_s06_0007.nii.gz
+399639f682cdd04f6827dc5b7b18f7297e317cbb57aee781a1035981010ad110 18064 cinemyops_demo_case1002/image/Case1002_s06_0008.nii.gz
+a166977b951d7869c8928a19e2e8e49ec8bf1c4ab668b6354d9ff492b6df45f5 17930 cinemyops_demo_case1002/image/Case1002_s06_0009.nii.gz
+b1d01b6961fbc807743b7f578fd8d195b0ee9cad8328797f323c5ca9266a4262 17958 cinemyops_demo_case1002/image/Case1002_s06_0010.nii.gz
+30f3b3f5fc54ec739842b52744fd25a2c66e027b4a12926323d0b71069a154b6 17922 cinemyops_demo_case1002/image/Case1002_s06_0011.nii.gz
+acf5fbdb746c6f6cc19efb539948241b10e4de5c1191dde9ff3890fbd5ea1e13 17864 cinemyops_demo_case1002/image/Case1002_s06_0012.nii.gz
+7e41881e1167865ad0740bed3e5eefd8a706981f4c44c236e00f99a137defc73 17909 cinemyops_demo_case1002/image/Case1002_s06_0013.nii.gz
+00292c5d6ec293e23c84382bca4490945e06d9e95149fdea507ccd13845ed46f 17980 cinemyops_demo_case1002/image/Case1002_s06_0014.nii.gz
+49e1ec8456e40458a1d880618e963db162d45d5d53ac6f6aacd372c555b48683 18024 cinemyops_demo_case1002/image/Case1002_s06_0015.nii.gz
+276042683bde5b1f8b5e8c7dff27aedcef58d4a187e702957b21855790b86bf7 18093 cinemyops_demo_case1002/image/Case1002_s06_0016.nii.gz
+13d076fc7653d7bedd88a3ff2bfb4a3462d316b6f120bf53fbfa34c3d98c0203 18034 cinemyops_demo_case1002/image/Case1002_s07_0000.nii.gz
+a6201b73a36c0caa3277d9e6de8f248ba60d028f294ae1efa34153d656cbfa3c 17949 cinemyops_demo_case1002/image/Case1002_s07_0001.nii.gz
+0924ffd81caf42c8ecbb84dafcdd420f0c8a275228d42bec8668847f7126a072 17781 cinemyops_demo_case1002/image/Case1002_s07_0002.nii.gz
+dd9c097540ada0ee91cbb0b730b28ee5565a411f9c792122e7d156d529285cab 17900 cinemyops_demo_case1002/image/Case1002_s07_0003.nii.gz
+6fcfb21d3354a35d43c31f9bf188f0acd7228e1c62864654d8fd3c52782b6216 17857 cinemyops_demo_case1002/image/Case1002_s07_0004.nii.gz
+0d117c2e44d8b1602fb7710e3ac1f0460ff06e5fa386519f3da04566ff4c45ec 17865 cinemyops_demo_case1002/image/Case1002_s07_0005.nii.gz
+d25b09d0dbe0c514fd6d687110066274d22509e936e6863f95356c3d5611e241 17855 cinemyops_demo_case1002/image/Case1002_s07_0006.nii.gz
+27a6dd5cf5b06126e078b4c0574ab294c6162e276b4d08b72461655207479a60 17893 cinemyops_demo_case1002/image/Case1002_s07_0007.nii.gz
+d4868f3e3c7b89ab149d25d84203ef008829f0d652f3c2624b8ebdfbc81a1e70 17794 cinemyops_demo_case1002/image/Case1002_s07_0008.nii.gz
+ec089fec30f36630b27dcac6d64288ab3e2ae6eb82055c086642ec8ce451a46e 17762 cinemyops_demo_case1002/image/Case1002_s07_0009.nii.gz
+0aa5512f8d29c7f077df8e588544102c372ab8d00b0ddbd9bc7c7b205e605a97 17803 cinemyops_demo_case1002/image/Case1002_s07_0010.nii.gz
+af34ef64d4bec0a78636aeb1700603d9fe6cb147a7a741ed71c30481114b7b37 17895 cinemyops_demo_case1002/image/Case1002_s07_0011.nii.gz
+453535dd3a9652d3d73b41bf03823054b7331265d6a305a4c5ed1ce708f1ad81 17954 cinemyops_demo_case1002/image/Case1002_s07_0012.nii.gz
+9b05b4666d1dc4727ebc91cdd2e823d5f5172e8b2224840ea759517f13a8d3ba 17964 cinemyops_demo_case1002/image/Case1002_s07_0013.nii.gz
+9c9a5b6d5f1f56179720b3553b8ffb3cd6a74e4a3ddf89e3f6a53be2ba920467 18026 cinemyops_demo_case1002/image/Case1002_s07_0014.nii.gz
+103fd09fe6f91b2802669a77764c33e9a75893f965f0b517d24d86f96918dd16 18093 cinemyops_demo_case1002/image/Case1002_s07_0015.nii.gz
+ce4de8c6b1214c876400ef670632cc1fe88c12bf24c5a0fba4dc545e7193e7a3 18111 cinemyops_demo_case1002/image/Case1002_s07_0016.nii.gz
+a87f46086470b4a88530c8be144019688bbbb7e2f5c4704162be37afc35f0a93 18352 cinemyops_demo_case1002/image/Case1002_s08_0000.nii.gz
+aae9a050501c004b75e44d169e2fa007ba1e48499210a3a426a6754158c18aa8 18409 cinemyops_demo_case1002/image/Case1002_s08_0001.nii.gz
+e5e642360f41e98968cc2948773e1c5e145b7938845cd9f8db4829a032b9ded5 18383 cinemyops_demo_case1002/image/Case1002_s08_0002.nii.gz
+a99450c5751d1df5763847982ead6a4095ccffb65606160a998acb367e34c3f7 18367 cinemyops_demo_case1002/image/Case1002_s08_0003.nii.gz
+0135063dacfa70c61ab3d036d7ad58d378c0616ad14dc46c134cfd432d4c03c4 18475 cinemyops_demo_case1002/image/Case1002_s08_0004.nii.gz
+534d467ee9216cd40c35462756fbfc0667e4572feca9064a6f1cf436be4b8bd0 18544 cinemyops_demo_case1002/image/Case1002_s08_0005.nii.gz
+99cce27a573a4b3d8799b7c7ee1a28411894912f3ea7582a02f67536d3b6f5e7 18505 cinemyops_demo_case1002/image/Case1002_s08_0006.nii.gz
+279a37a2c8d6fbcee1d9bd75fd63f8391a8765d63b391a4e75f23a2d78358b9e 18585 cinemyops_demo_case1002/image/Case1002_s08_0007.nii.gz
+dd4338ff4a3eab7a6d00a86cb02666738d236d0c8fc2048753b11f8add985507 18551 cinemyops_demo_case1002/image/Case1002_s08_0008.nii.gz
+b1b10b9d171fb371154003bc0f36a7b2f6daf02ac28b5cb58cc387990940f8d1 18586 cinemyops_demo_case1002/image/Case1002_s08_0009.nii.gz
+b8db99c382199d24a4f22dc014fcafd81daedbd7dde7dd1a5920d7dde098c956 18586 cinemyops_demo_case1002/image/Case1002_s08_0010.nii.gz
+33de678d469deebcfc40a8159a4cd0ee28be38d5ca58716732ef49fd0d994d59 18485 cinemyops_demo_case1002/image/Case1002_s08_0011.nii.gz
+cb6d3609a794a6fb7dbd167ca3fb69babf4c85825283955d73f382c64088d910 18494 cinemyops_demo_case1002/image/Case1002_s08_0012.nii.gz
+09644ef236f0e093ed89cac0a6a8e1dff6005edfcfe25d6f75879c5ca64bf4ef 18487 cinemyops_demo_case1002/image/Case1002_s08_0013.nii.gz
+9a670ba035950b332e0444c94e3791be8e06bdd90d65a4fdd6de4718dd1fa177 18415 cinemyops_demo_case1002/image/Case1002_s08_0014.nii.gz
+fd46b5f70fd67520caf7b2ed0b0a491ac3ad2f20b94481d9d26c5dfcbb2ca5a8 18492 cinemyops_demo_case1002/image/Case1002_s08_0015.nii.gz
+96a329338538b7ca2113ab905badccece39adac946ca9803537c0d0efbda846e 18636 cinemyops_demo_case1002/image/Case1002_s08_0016.nii.gz
+0329d8ae5c30871a5ad3d5fa48ae4ca80d92dd3908c04537eaf602426dc7e553 18461 cinemyops_demo_case1002/image/Case1002_s09_0000.nii.gz
+f31e9557db3a71b2abd9c7b54b1f75f6e31f3fd707338b0eb4f778f34b39af23 18402 cinemyops_demo_case1002/image/Case1002_s09_0001.nii.gz
+2fae883483c0c3bb7235a0b08e1f590fc18b2590e429ff01d1c03d753b55a0e6 18414 cinemyops_demo_case1002/image/Case1002_s09_0002.nii.gz
+2df00155a7fd9bee4ebe88ad5cfca53da8fc27cc4465df5f19a4d75eb9ffb700 18465 cinemyops_demo_case1002/image/Case1002_s09_0003.nii.gz
+9aec72cb1232242f9c40c2222aea820a900ce289615cb4d7b030f058004c4d30 18583 cinemyops_demo_case1002/image/Case1002_s09_0004.nii.gz
+3d55d3d4c8714381b59fb9ffcc3fde5ccf0130bacee2eef90f01085949216aac 18623 cinemyops_demo_case1002/image/Case1002_s09_0005.nii.gz
+807f793b86daac5c978d9998d22dcde1ceba535e6ee24917e58f326ea70a6253 18600 cinemyops_demo_case1002/image/Case1002_s09_0006.nii.gz
+2f74096373705c3dfeefc9a48aa3777e655e99dbd63d2301e32497770cac2153 18497 cinemyops_demo_case1002/image/Case1002_s09_0007.nii.gz
+5925568c5ca2abd9313e08ab2235c56288bfa77242d9b0947bc01959f7dcde00 18536 cinemyops_demo_case1002/image/Case1002_s09_0008.nii.gz
+bd904f9c79077a72b29f7fcf3033a82323c238b1ce6ba981a3e8ab96f4d8bdd9 18529 cinemyops_demo_case1002/image/Case1002_s09_0009.nii.gz
+fff612a5b619a17969d9db9627e0c8b3e120caaa8653a0fa324189e67e832f84 18478 cinemyops_demo_case1002/image/Case1002_s09_0010.nii.gz
+d3ea873238a4429ab45515f57fffefc5f9a8debf03814ea477c2a851ac475d07 18525 cinemyops_demo_case1002/image/Case1002_s09_0011.nii.gz
+aa259c9afce47ea72879a0c66616fc314616b287f380d1f8f23be21c9f6d038b 18536 cinemyops_demo_case1002/image/Case1002_s09_0012.nii.gz
+b8e28138106d98a52de293fd346dde63574f8508e38adc9e65c9ed53701bf8af 18506 cinemyops_demo_case1002/image/Case1002_s09_0013.nii.gz
+4bca9d7e00f7292188afd10cf5e4bdcb9566459e2b2edbc1ff49ab218135e00a 18440 cinemyops_demo_case1002/image/Case1002_s09_0014.nii.gz
+921af86514f64612cfb1ae0f607d2bfcbb36d1696cffc99154becc329a00d9e5 18504 cinemyops_demo_case1002/image/Case1002_s09_0015.nii.gz
+2fe1ecea5146f42762521eda415f3385a59573ee6eca2e8f1c7e527ed379e739 18659 cinemyops_demo_case1002/image/Case1002_s09_0016.nii.gz
+db49b417a72efa1c9d9a7b97b1a0b2f2d96f593c6da9abff058d5dfbeae6d4ac 18716 cinemyops_demo_case1002/image/Case1002_s10_0000.nii.gz
+d904d866c2357918688a12fe372b2f6708340179eb060b4407c1f5d67c90dfde 18794 cinemyops_demo_case1002/image/Case1002_s10_0001.nii.gz
+348a5703055c194020cd2e7dd252a00201070ae241ecfb3296f0648229e47286 18830 cinemyops_demo_case1002/image/Case1002_s10_0002.nii.gz
+0613289cfffc05cfb77a20191fe00f630e01cabb980e00c93a2f1af0cac7ac27 18848 cinemyops_demo_case1002/image/Case1002_s10_0003.nii.gz
+300c43c07d053e81042becaf8659c645d8e68e2bac3d3784b7be2ba68498c0de 18891 cinemyops_demo_case1002/image/Case1002_s10_0004.nii.gz
+a90d1185eebcdb945768a01fad530cf58744f8c61ff02195f2cc8854deae1418 19013 cinemyops_demo_case1002/image/Case1002_s10_0005.nii.gz
+97c5d825200fbd75307e6f5802779e26a688134300bd475c400c7e9a451b98f1 19028 cinemyops_demo_case1002/image/Case1002_s10_0006.nii.gz
+0abf148f95d10bf4f6bac7412859df26169d23a6086494774f293e5cfcf4c6a2 18996 cinemyops_demo_case1002/image/Case1002_s10_0007.nii.gz
+19a77ecbf757297ba42e2bf0acddad235616073de07e6d650eed0726cf78c1e7 18969 cinemyops_demo_case1002/image/Case1002_s10_0008.nii.gz
+730c11b2c30dc1a1feb67cb744e87b0ef2e2797047d21ec96e0620740c0a49ae 18934 cinemyops_demo_case1002/image/Case1002_s10_0009.nii.gz
+3bb7c9b0df39def025bd2abd9c6814cdf6bdc302c641a2e7196f2287aa12e24c 18839 cinemyops_demo_case1002/image/Case1002_s10_0010.nii.gz
+0338506cd1b2819a940e979ed5028f1e1b226c6bf57a027e72319befd725875d 18832 cinemyops_demo_case1002/image/Case1002_s10_0011.nii.gz
+15bb93973f50b44ce07ac255ee57c95dc9902e973b3cafbbe18249b52fb8e8f9 18915 cinemyops_demo_case1002/image/Case1002_s10_0012.nii.gz
+a8ba10bc72fc49809b7c7164da89511ce996e9dbe9c1ea9d1c6f0e98aa405816 19001 cinemyops_demo_case1002/image/Case1002_s10_0013.nii.gz
+ccf9d15d6380e03d6d3d43b804f5a32157e52b65c7e6d4310ffeda1e0f9d9205 19015 cinemyops_demo_case1002/image/Case1002_s10_0014.nii.gz
+611ea08ffc5cf257d19435df94b76e17da5c34fb81e803854689bb738711fd9c 18975 cinemyops_demo_case1002/image/Case1002_s10_0015.nii.gz
+ce30d75c13f42d181820d08edc369cd53e055b9dcfa910a316dc6bf0f5a8abc0 19049 cinemyops_demo_case1002/image/Case1002_s10_0016.nii.gz
+284730246c2eab1e46bd8ceac003a3db0bde054e49923706a4b8a9e45922d2b1 456 cinemyops_demo_case1002/label/Case1002_s01.nii.gz
+c54e2420086a5b6ec651e74b8da47c7414fb099f853cc6a93b3d827bfed23fda 556 cinemyops_demo_case1002/label/Case1002_s02.nii.gz
+1c6ae0ee950fa99c9ff2f2e1d375305e8dba3e42cf637ac44c7a5084e928bcff 589 cinemyops_demo_case1002/label/Case1002_s03.nii.gz
+a2888ba9e93a95a8eda200543b254eeb058d53c5865da1b0017be3fabfa7f5aa 582 cinemyops_demo_case1002/label/Case1002_s04.nii.gz
+ac5a3c7c5ce40201e73eb1e93e3df2a6c918806f878d807bc8b264f2dc4e386e 578 cinemyops_demo_case1002/label/Case1002_s05.nii.gz
+d4eaec587c6731ef42d3b3a0909064a9bf1e468a07b0403b32f192b202d946be 540 cinemyops_demo_case1002/label/Case1002_s06.nii.gz
+ee805ca3d14b394599bd2dbccaa8a41bf326ff3a68dcb02d1cf1e17222535b77 561 cinemyops_demo_case1002/label/Case1002_s07.nii.gz
+381c87f699d02b84d6db86bfc2907dea1a74958182a0028a0ba91b2b088c1a42 546 cinemyops_demo_case1002/label/Case1002_s08.nii.gz
+8a6951f5fb8ab365ae358fb49a9b100545da283bf2e76c1865525e32f75fb258 565 cinemyops_demo_case1002/label/Case1002_s09.nii.gz
+26a8b9532d977c7cf54a9809f700727eeb69fffa1cedee4514615dfb3d09220a 557 cinemyops_demo_case1002/label/Case1002_s10.nii.gz
+4154b715a4fd8ae3663b9769feb4e4dcbd9a866117b012b22f745b9c293261ee 54479 learn2reg_tutorial2019_oasis/atlas_norm_2d.npz
+d3c0e720cc22abf7363075a04ec871230253efabdd2fea355090dbb7cf99b717 419353 learn2reg_tutorial2019_oasis/subject_1_seg.npz
+c3c96290b88385042192906ceac855ee39ed47190211a6f1f3758579e765d534 3129245 learn2reg_tutorial2019_oasis/subject_1_vol.npz
+df231c6535d7af33c565f16e68649896ea8c4f2c5dd024a188a740468e2e67c4 2796861 mscmrseg2019_lge_oolka1/patient4_LGE.nii.gz
+bf8cb3e45efef5c10c605c37f184cff287a5c843be251b7606f1ec05145ad5a3 14263 mscmrseg2019_lge_oolka1/patient4_LGE_manual.nii.gz
+e5bf9ca1410eb88f52459be5a7d8daf8f93483255c75e76809e991c706e7310d 2603292 mscmrseg2019_lge_oolka1/patient5_LGE.nii.gz
+d3cf0b10f46e986ab32b74f8158bb121bcbda9d24120750b22f24e32d0cc0902 15248 mscmrseg2019_lge_oolka1/patient5_LGE_manual.nii.gz
+c48fe188fa1210c5a42461831efb3b87247732877cef21165800468f0b3ee767 1167654 myops2020_multiseq_cmr/Case3001/Case3001_C0.nii.gz
+b0e34064e792c3fdd074c544f31a1df1a023ab70a80f74d5b3423db5066e81bc 897351 myops2020_multiseq_cmr/Case3001/Case3001_LGE.nii.gz
+3d9958f7882ed058ae0bb8d36571d3f98921a6e889e2ee62566dee89d41e620e 985805 myops2020_multiseq_cmr/Case3001/Case3001_T2.nii.gz
+5af7b35b8a3313f890ef1e5535b1d256614373a94eb2cb8e9c1b2ea8d10ef94e 5370 myops2020_multiseq_cmr/Case3001/Case3001_gd.nii.gz
+6a61c15c8d6328767d56ecf3cb8523e54c30b647d9064a1520724c41c5e15182 705127 myops2020_multiseq_cmr/Case3002/Case3002_C0.nii.gz
+d546260181c592758bfb553a84955dc6a9f47fd4be30a11b786989d684764081 543029 myops2020_multiseq_cmr/Case3002/Case3002_LGE.nii.gz
+4703ed145f5964d1d328a2066ef66e14c3f4d6ae44a3eeacfd7e70b17de682d7 580742 myops2020_multiseq_cmr/Case3002/Case3002_T2.nii.gz
+496fee6dc44129446937406276cbcc33d3da63a7d24f55326b19d1b10f203f10 4312 myops2020_multiseq_cmr/Case3002/Case3002_gd.nii.gz
+5804ad0ba7d66d76c96759179acda8ba122cbce5ff6d720f87f9c11911570003 672784 myops2020_multiseq_cmr/Case3003/Case3003_C0.nii.gz
+a713cb96c0cc8e2453ed77cd11f57c18b3fbb4a2baef949dd45dd5197e1a623c 619378 myops2020_multiseq_cmr/Case3003/Case3003_LGE.nii.gz
+1e3297f1259002b58447b749ad58ae10a8b7ec32802b3383ac315e143dcf384f 664868 myops2020_multiseq_cmr/Case3003/Case3003_T2.nii.gz
+548814b391e7a725c88c8777105f3077f7ac058fac104175ed0f75070f494fba 3622 myops2020_multiseq_cmr/Case3003/Case3003_gd.nii.gz
+c70e9754cbd77af65f5c4e31dc2f9fd2eba052d8d9a15f268f5e49bd116e92e8 1321660 myops2020_multiseq_cmr/Case3004/Case3004_C0.nii.gz
+45cd6fdfdbb9673221f652fea09f4c336f277e349843be2c5963403279b0108e 1061653 myops2020_multiseq_cmr/Case3004/Case3004_LGE.nii.gz
+ccd2764734870190e1cf56f9101f334af0639001727fbd81fcd75fa3f352aa72 1321790 myops2020_multiseq_cmr/Case3004/Case3004_T2.nii.gz
+8b323ebf0435aa986201e5839ed88105a90f9340fcbb2d5b1715212254b2ea5d 7149 myops2020_multiseq_cmr/Case3004/Case3004_gd.nii.gz
+a9da5c9adf5e68d2ba17cdce97d48346e9e6f77c0dea24b4096e37d1974fe6b3 665948 myops2020_multiseq_cmr/Case3005/Case3005_C0.nii.gz
+770cb3399f59a5cc572057307bbe03a96bc3db5f83990664fc6f464ff5323497 431000 myops2020_multiseq_cmr/Case3005/Case3005_LGE.nii.gz
+440cd04611659cabd940edd2d60e5f5e8976070f999544510e333881fbc95666 665796 myops2020_multiseq_cmr/Case3005/Case3005_T2.nii.gz
+466bcceb703d119564ae7e3c15ecdadc1bed53069c582e7d71301fd4da2c185d 3679 myops2020_multiseq_cmr/Case3005/Case3005_gd.nii.gz
+52e534b32973e01088d42e5429f5b27e0827925b81d43717834e3a4b8269ad94 457231 myops2020_multiseq_cmr/Case3006/Case3006_C0.nii.gz
+84127fb54cbc0c7eff48d629205f3a5a52d8f328d36e9a6d4f1d162a87c28478 300420 myops2020_multiseq_cmr/Case3006/Case3006_LGE.nii.gz
+a2afe71d0e4f401c0b81cdf9c77aea73d6ac77712e68cb8e2f11e090b5ae1d4f 436718 myops2020_multiseq_cmr/Case3006/Case3006_T2.nii.gz
+5fd96231feac94ae0a19db9c84e8854660b2a2dc0e4ff82865e509d6c50fd07e 2865 myops2020_multiseq_cmr/Case3006/Case3006_gd.nii.gz
+21d49a2f213ec8f9a1f3dd621c4567ab7a76b32298d76e53b2f27c8e771abf40 664175 myops2020_multiseq_cmr/Case3007/Case3007_C0.nii.gz
+2fcddfb5e5987a4a08f435ebbcc1ecad93a8b0e6ecbf64a9fc8ed7629f575517 472781 myops2020_multiseq_cmr/Case3007/Case3007_LGE.nii.gz
+0dd84237838392a38b8ce8220f6e02efe9779679c2b5d8314f79424a26bf3378 603798 myops2020_multiseq_cmr/Case3007/Case3007_T2.nii.gz
+d0937a9f26d4fc3b06178ad435067155e716cdfef23de82ad3a1ba388f983f66 3590 myops2020_multiseq_cmr/Case3007/Case3007_gd.nii.gz
+00f67993a070552e991a0a41290616b8a0a4d56694684294a4982f213bea5714 673920 myops2020_multiseq_cmr/Case3008/Case3008_C0.nii.gz
+a10d33b2a77f688b0c30306abdc0ff922365aba9128e743918a8efd1f2a646fe 534147 myops2020_multiseq_cmr/Case3008/Case3008_LGE.nii.gz
+950391f6008e4770207560baee6f65198ee6a6bd909c038e5812f4a283f2e420 631446 myops2020_multiseq_cmr/Case3008/Case3008_T2.nii.gz
+83b0be33a1fbf4e1aa6d1c545bfa4ba07c25a10a6e0b8d39a11c1f05a685fea0 4645 myops2020_multiseq_cmr/Case3008/Case3008_gd.nii.gz
+396848bbb5864cde19097924cfa7a33d79cfca84504d4af97a3bd46e915ba406 993554 myops2020_multiseq_cmr/Case3009/Case3009_C0.nii.gz
+a58ebb5756dede310bb938d404a6de5da30b3afd79a899df51b026bfe1cc3cdf 772616 myops2020_multiseq_cmr/Case3009/Case3009_LGE.nii.gz
+e85cfeb241242c8b2b9d36455d490ee0e147f7b969b323f07397d340ae1d3d46 903577 myops2020_multiseq_cmr/Case3009/Case3009_T2.nii.gz
+4ab8eac920e025a48e165111cbb46cdd0dd99415a6489b1277c326d816a7282e 5363 myops2020_multiseq_cmr/Case3009/Case3009_gd.nii.gz
+14c8419e911cf93204a56f7a37dd944c921b62c7c47cfe7ba97d4671bf691f15 1039263 myops2020_multiseq_cmr/Case3010/Case3010_C0.nii.gz
+435b8c9809ccc9619589ae1766e466956604cff903ca75660da9953745e98605 827429 myops2020_multiseq_cmr/Case3010/Case3010_LGE.nii.gz
+b67f9c3bcc193f325c2410057fa99e9aef4ed31821f4ddfd509535755f91ada8 1079190 myops2020_multiseq_cmr/Case3010/Case3010_T2.nii.gz
+bf103ac7a8647a1da6e764b3e1a0e93b98137bd1b9370842b55a0a857d82bc37 5255 myops2020_multiseq_cmr/Case3010/Case3010_gd.nii.gz
+2f884f00d4e9cbca061a5fd2f988547df312d86194b331f4ca511cf852f775db 4051200 open_ms_data_mni/patient07/FLAIR_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz
+811e8c906d572e8675c67c98176d0e883ec87655ebea89f31da407a18fb1aae7 8252 open_ms_data_mni/patient07/GOLD_STANDARD_N4_noneck_reduced_winsor_regtoFLAIR_regtoMNI.nii.gz
+6f12c9ee925a419eab4f7e90d795ab09e91b21b3fec87b40cbde229a1139b28f 4060636 open_ms_data_mni/patient07/T1POST_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz
+0d9e0c933140e64ba42931f5ed7aece2a7cc7001fe6c8d753720c487f5e1b8b1 4090162 open_ms_data_mni/patient07/T1_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz
+272765a0f017d34d51de97690dd33495ce0191d04671be648bf2bc117bd4c4d7 4101885 open_ms_data_mni/patient07/T2_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz
+6e4191c583abdb818f2de9fd47a876c2a71451f1c1672e443874af1fe78b02ad 4010591 open_ms_data_mni/patient19/FLAIR_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz
+1cf465372d5e647fb5a2f1ac062fe314e7aa7f0873c68108617530541f2362c4 26038 open_ms_data_mni/patient19/GOLD_STANDARD_N4_noneck_reduced_winsor_regtoFLAIR_regtoMNI.nii.gz
+e298c00ec0639258662689242eb380619f8af5129812ea57b3715e525a981b67 4051660 open_ms_data_mni/patient19/T1POST_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz
+24ea608f6817c9799888491988f9ec9464f0f2faa02f512e8c2e07466f705781 4068809 open_ms_data_mni/patient19/T1_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz
+585d38f7c3714594be60d5ebb13b4b20a9294d6804ce2d6e0e8f170f530a87e2 4006276 open_ms_data_mni/patient19/T2_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz
+254ab239bdc83119015213af9c533f9af13dbed2b06b9a89fde43226cc4afa2a 4017515 open_ms_data_mni/patient26/FLAIR_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz
+5a9cc6ffbe3a5d2df67fba4207c0585b2f02a5f9f7f31e0e7e3f57cc59c2c5ac 10698 open_ms_data_mni/patient26/GOLD_STANDARD_N4_noneck_reduced_winsor_regtoFLAIR_regtoMNI.nii.gz
+710cdfee41453cad0e1bf5b5f599e5135225eae3e6cb5e6d8f9edb1d240a763c 4031098 open_ms_data_mni/patient26/T1POST_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz
+e813b2805017dcf886da9bb5e6c6c548dfa938c17d49ecd66ea1caabe3794b32 4062564 open_ms_data_mni/patient26/T1_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz
+b84155ea55bfa1d8e1714161d302c393efae67b3bc580c99c4d09d5e49994e7f 4066719 open_ms_data_mni/patient26/T2_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz
+32b14f2d7027518d9b3689ca0bdb908a1ed402db1a61ff2eb4c8184a475b12e0 3616674 voxelmorph_oasis/test_scan.npz
+"""
+
+
+def _manifest() -> dict[str, tuple[str, int]]:
+    out = {}
+    for line in _MANIFEST.strip().splitlines():
+        sha, size, path = line.split(" ", 2)
+        out[path] = (sha, int(size))
+    return out
+
+
+_GH = "https://raw.githubusercontent.com"
+# data folder -> (owner/repo, commit, function mapping a file name below the folder to its path in the repository)
+_ORIGINS = {
+    "icbm152": ("nilearn/nilearn", "0.14.1", lambda p: f"nilearn/datasets/data/{p}"),
+    "voxelmorph_oasis": ("voxelmorph/voxelmorph", "ca28315d0ba24cd8946ac4f6ed081e049e5264fe",
+                         lambda p: f"data/{p}"),
+    "learn2reg_tutorial2019_oasis": (
+        "learn2reg/tutorials2019", "4077710c372b048c4879db94e6459b57ffff88f7",
+        lambda p: ("unsupervised/data/slice-100/" if p.startswith("atlas") else "unsupervised/data/3D/") + p),
+    "open_ms_data_mni": ("muschellij2/open_ms_data", "65704901f60650824565aa5a4818611aa89716f4",
+                         lambda p: f"cross_sectional/MNI/{p}"),
+    "brats2012_HG0015_mpr": (
+        "Menna-atef22/MultiPlanar-Reconstruction", "05a9501c6995622cb9d3cda0bad3cbcf88bfae6f",
+        lambda p: "Data/MHA/" + (p.replace(".mha", " (1).mha") if any(k in p for k in ("FLAIR", "T1C", "T2")) else p)),
+    "mscmrseg2019_lge_oolka1": ("oolka1/mscmrseg19", "315a411f5ad91a1082c1cdf9f010d13a39ff031e",
+                                lambda p: f"test/{p}"),
+    "cinemyops_demo_case1002": ("NanYoMy/CineMyoPS", "6f73feacc124a12c7a9f984684f995abd668c98a",
+                                lambda p: f"image_demo/{p}"),
+    "myops2020_multiseq_cmr": ("Tengjia-Kang/MyoPS", "be32f338b6f1a6b1bf84dc665074a23d28cd9a87",
+                               lambda p: f"datasets/Competition_Dataset/Train/{p}"),
+    "brainweb_itk_slices": ("huangguojun/myitk", "1894d595b72e3186684f3764caa0cfe076728079", lambda p: f"Data/{p}"),
+    "brainweb_crisp_3mm_nrough": ("nrough/framework", "f0c64cc5908c7f5b1379494cfabfe0ca09fe1d41",
+                                  lambda p: f"Tests/NRough.Tests.MRI/Data/{p}"),
+    "antspy_r_slices": ("ANTsX/ANTsPy", "0cf1e566019d92a5e878129fa4cf1af839ccb826", lambda p: f"data/{p}"),
+}
+
+
+def _files(*folders: str) -> tuple[RemoteFile, ...]:
+    out = []
+    for path, (sha, size) in _manifest().items():
+        folder, rest = path.split("/", 1)
+        if folder not in folders:
+            continue
+        repo, commit, mapper = _ORIGINS[folder]
+        url = f"{_GH}/{repo}/{commit}/{quote(mapper(rest))}"
+        embedded = f"nilearn:datasets/data/{rest}" if folder == "icbm152" else None
+        out.append(RemoteFile(path, sha, size, url, embedded))
+    return tuple(out)
+
+
+_BRAINWEB_CITE = ("Cocosco C.A., Kollokian V., Kwan R.K.-S., Evans A.C., 'BrainWeb: Online Interface to a 3D MRI "
+                  "Simulated Brain Database', NeuroImage 5(4) S425, 1997; Kwan R.K.-S., Evans A.C., Pike G.B., "
+                  "IEEE TMI 18(11):1085-1097, 1999; Collins D.L. et al., IEEE TMI 17(3):463-468, 1998.")
+_OASIS_CITE = ("Marcus D.S. et al., 'Open Access Series of Imaging Studies (OASIS): cross-sectional MRI data in young, "
+               "middle aged, nondemented, and demented older adults', J. Cogn. Neurosci. 19(9):1498-1507, 2007; "
+               "Balakrishnan G. et al., 'VoxelMorph', IEEE TMI 38(8):1788-1800, 2019; "
+               "Hering A. et al., 'Learn2Reg: comprehensive multi-task medical image registration challenge, dataset and evaluation in the era of deep learning', IEEE TMI 42(3):697-712, 2023.")
+_CMR_TERMS = ("No licence file in the redistributing repository. Challenge data are released for research use "
+              "with citation after registration; use here for teaching with attribution, and ask the organisers "
+              "before any wider public redistribution.")
+CARDIAC_LABELS = {0: "background", 1: "LV myocardium", 2: "LV blood pool", 3: "RV blood pool"}
+MYOPS_PATHOLOGY_LABELS = {0: "background", 1: "normal LV myocardium", 2: "LV blood pool", 3: "RV blood pool",
+                          4: "myocardial edema", 5: "myocardial scar"}
+BRAINWEB_CLASSES = {0: "background", 1: "CSF", 2: "grey matter", 3: "white matter", 4: "fat", 5: "muscle/skin",
+                    6: "skin", 7: "skull", 8: "glial matter", 9: "connective tissue"}
+
+_SPECS = [
+    DatasetSpec(
+        name="icbm152",
+        title="ICBM 2009a nonlinear symmetric template (T1 + tissue maps; simulated T2/PD)",
+        description=("The MNI ICBM152 2009a nonlinear symmetric T1 template with grey- and white-matter probability "
+                     "maps, 197x233x189 at 1 mm, shipped inside the nilearn wheel. T2-like and PD-like images are "
+                     "SIMULATED from the tissue maps (BrainWeb-style class intensities, CSF = 1 - GM - WM inside "
+                     "the brain) and are named '*_simulated'."),
+        files=_files("icbm152"),
+        source="nilearn wheel, nilearn/datasets/data/ (github.com/nilearn/nilearn @ 0.14.1)",
+        upstream="https://www.bic.mni.mcgill.ca/ServicesAtlases/ICBM152NLin2009",
+        licence=("Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, MNI, McGill University. "
+                 "Permission to use, copy, modify, and distribute this data for any purpose and without fee is "
+                 "granted provided the copyright notice appears in all copies; provided 'as is'. "
+                 "(nilearn itself: BSD-3-Clause.)"),
+        citation=("Fonov V., Evans A.C., Botteron K., Almli C.R., McKinstry R.C., Collins D.L., 'Unbiased average "
+                  "age-appropriate atlases for pediatric studies', NeuroImage 54(1):313-327, 2011; Fonov V. et al., "
+                  "'Unbiased nonlinear average age-appropriate brain templates from birth to adulthood', "
+                  "NeuroImage 47 S102, 2009."),
+        use=("Embedded default: works with no mirror and no network. A three-contrast brain group (real T1, "
+             "simulated T2 and PD) with exact tissue ground truth for first experiments."),
+        modalities=("T1", "T2_simulated", "PD_simulated"),
+        subjects=("ICBM152",),
+        label_names={0: "background", 1: "CSF", 2: "grey matter", 3: "white matter"},
+        default_group="3 images ICBM152/{T1, T2_simulated, PD_simulated}; 2-D: axial slice at 60% of the brain's "
+                      "extent, cropped to the brain and resampled to size x size; labels = crisp tissue classes.",
+        simulated=("T2_simulated", "PD_simulated"),
+        notes="The T1 is skull-stripped with the GM+WM mask by default (skull_strip=False keeps the head).",
+    ),
+    DatasetSpec(
+        name="myops_cmr",
+        title="MyoPS 2020 multi-sequence cardiac MR (10 patients, bSSFP/LGE/T2)",
+        description=("Three co-registered short-axis CMR sequences of the same patient - bSSFP (C0), late gadolinium "
+                     "enhancement (LGE) and T2-weighted - with manual labels of LV myocardium, LV and RV blood pool, "
+                     "myocardial edema and scar. Cases Case3001-Case3010, in-plane 0.73-0.75 mm, 3-6 slices of "
+                     "12-23 mm. The motivating example of multi-modality groupwise registration."),
+        files=_files("myops2020_multiseq_cmr"),
+        source="github.com/Tengjia-Kang/MyoPS @ be32f338b6f1a6b1bf84dc665074a23d28cd9a87 "
+               "(datasets/Competition_Dataset/Train)",
+        upstream="https://zmiclab.github.io/zxh/0/myops20/",
+        licence=_CMR_TERMS,
+        citation=("Li L. et al., 'MyoPS: A benchmark of myocardial pathology segmentation combining three-sequence "
+                  "cardiac magnetic resonance images', Medical Image Analysis 87:102808, 2023; Zhuang X., "
+                  "'Multivariate mixture model for myocardial segmentation combining multi-source images', "
+                  "IEEE TPAMI 41(12):2933-2946, 2019."),
+        use=("Multi-modality groupwise registration of bSSFP, LGE and T2 (the sequences are pre-aligned: apply a "
+             "synthetic misalignment and measure its recovery); label maps give Dice/ASSD after registration."),
+        modalities=("C0", "LGE", "T2"),
+        subjects=tuple(f"Case30{i:02d}" for i in range(1, 11)),
+        label_names=CARDIAC_LABELS,
+        default_group="3 images Case3001/{C0, LGE, T2}; 2-D: the slice with the largest labelled area, cropped "
+                      "around the heart labels (+25 mm) and resampled to size x size; labels 0 bg, 1 myocardium "
+                      "(200, 1220, 2221), 2 LV (500), 3 RV (600). pathology=True gives 4 edema, 5 scar.",
+        notes="Original label codes: 200 normal myocardium, 500 LV, 600 RV, 1220 edema, 2221 scar. "
+              "meta['pathology'] always holds the 6-class map.",
+    ),
+    DatasetSpec(
+        name="open_ms",
+        title="Open MS data: 3 MS patients x FLAIR/T1/T1POST/T2 in MNI space (CC-BY)",
+        description=("Co-registered FLAIR, T1, contrast-enhanced T1 (T1POST) and T2 of three multiple-sclerosis "
+                     "patients (patient07, 19, 26), N4 bias-corrected, skull-stripped and warped to MNI space "
+                     "(182x218x182, 1 mm), with consensus white-matter lesion masks."),
+        files=_files("open_ms_data_mni"),
+        source="github.com/muschellij2/open_ms_data @ 65704901f60650824565aa5a4818611aa89716f4 (cross_sectional/MNI)",
+        upstream="http://lit.fe.uni-lj.si/tools.php?lang=eng",
+        licence="Creative Commons Attribution (CC-BY), per cross_sectional/LICENSE.txt of the repository.",
+        citation=("Lesjak Z., Galimzianova A., Koren A., Lukin M., Pernus F., Likar B., Spiclin Z., 'A novel public "
+                  "MR image dataset of multiple sclerosis patients with lesion segmentations based on multi-rater "
+                  "consensus', Neuroinformatics 16(1):51-63, 2018, doi:10.1007/s12021-017-9348-7."),
+        use=("Four-contrast brain groups (intra-subject) and 3 subjects x 4 contrasts (inter-subject); lesion masks "
+             "for region-wise evaluation. Pre-aligned: apply synthetic deformations."),
+        modalities=("FLAIR", "T1", "T1POST", "T2"),
+        subjects=("patient07", "patient19", "patient26"),
+        label_names={0: "background", 1: "white-matter lesion"},
+        default_group="4 images patient07/{FLAIR, T1, T1POST, T2}; 2-D: the axial slice with the most lesion voxels; "
+                      "subjects='all' gives 12 images.",
+    ),
+    DatasetSpec(
+        name="brats2012",
+        title="BRATS 2012 high-grade glioma case HG0015 (FLAIR/T1/T1C/T2 + tumour labels)",
+        description=("One co-registered four-contrast brain tumour case from the MICCAI 2012 BRATS challenge: "
+                     "FLAIR, T1, post-contrast T1 (T1C) and T2, 176x216x160 at 1 mm, with labels 1 edema, "
+                     "2 active tumour/core. Read with SimpleITK (.mha)."),
+        files=_files("brats2012_HG0015_mpr"),
+        source="github.com/Menna-atef22/MultiPlanar-Reconstruction @ 05a9501c6995622cb9d3cda0bad3cbcf88bfae6f "
+               "(Data/MHA)",
+        upstream="https://www.synapse.org/brats (BRATS 2012: http://www.imm.dtu.dk/projects/BRATS2012)",
+        licence=("Research use with citation (BRATS challenge terms). Redistributed by a third party without a "
+                 "licence: teaching use with attribution; ask the BraTS organisers before public redistribution."),
+        citation=("Menze B.H. et al., 'The Multimodal Brain Tumor Image Segmentation Benchmark (BRATS)', "
+                  "IEEE TMI 34(10):1993-2024, 2015."),
+        use="Four-contrast group with pathology (tumour) that is absent from an atlas; tumour-aware evaluation.",
+        modalities=("FLAIR", "T1", "T1C", "T2"),
+        subjects=("HG0015",),
+        label_names={0: "background", 1: "edema", 2: "active tumour / core"},
+        default_group="4 images HG0015/{FLAIR, T1, T1C, T2}; 2-D: the axial slice with the largest tumour area.",
+    ),
+    DatasetSpec(
+        name="mscmrseg_lge",
+        title="MS-CMRSeg 2019 LGE stacks (2 patients + labels)",
+        description=("Late-gadolinium-enhancement short-axis stacks of two patients of the MS-CMRSeg 2019 challenge "
+                     "(480x480x15/16, 0.73 mm in-plane, 5 mm slices) with manual labels of LV myocardium (200), "
+                     "LV (500) and RV (600) blood pool. Only LGE is present (not multi-sequence)."),
+        files=_files("mscmrseg2019_lge_oolka1"),
+        source="github.com/oolka1/mscmrseg19 @ 315a411f5ad91a1082c1cdf9f010d13a39ff031e (test/)",
+        upstream="https://zmiclab.github.io/zxh/0/mscmrseg19/",
+        licence=_CMR_TERMS,
+        citation=("Zhuang X., 'Multivariate mixture model for myocardial segmentation combining multi-source "
+                  "images', IEEE TPAMI 41(12):2933-2946, 2019; Zhuang X. et al., 'Cardiac segmentation on late "
+                  "gadolinium enhancement MRI: a benchmark study from multi-sequence cardiac MR segmentation "
+                  "challenge', Medical Image Analysis 81:102528, 2022."),
+        use="Inter-subject LGE group (same modality, different patients) with labels.",
+        modalities=("LGE",),
+        subjects=("patient4", "patient5"),
+        label_names=CARDIAC_LABELS,
+        default_group="2 images patient4/LGE, patient5/LGE (both subjects); 2-D: each patient's slice with the "
+                      "largest labelled area, cropped around the heart (+25 mm), common spacing.",
+    ),
+    DatasetSpec(
+        name="cine_cmr",
+        title="CineMyoPS demo: cine CMR of one subject (10 slices x 17 frames + labels)",
+        description=("Short-axis cine CMR of one subject (Case1002): 10 slices x 17 cardiac phases, 103x98 pixels "
+                     "of 1 mm (6 mm slices), cropped around the heart, with one label map per slice (classes 1-5 "
+                     "from the CineMyoPS paper; their meaning and cardiac phase are not documented upstream)."),
+        files=_files("cinemyops_demo_case1002"),
+        source="github.com/NanYoMy/CineMyoPS @ 6f73feacc124a12c7a9f984684f995abd668c98a (image_demo/)",
+        upstream="https://github.com/NanYoMy/CineMyoPS",
+        licence=("Unknown: no licence and no data statement in the repository. Research/teaching use with "
+                 "attribution only; do not redistribute beyond the course."),
+        citation=("CineMyoPS demo data, Zhuang lab (Fudan University), github.com/NanYoMy/CineMyoPS - cite the "
+                  "repository and its accompanying CineMyoPS publication; see also Li L. et al., MyoPS, Medical "
+                  "Image Analysis 87:102808, 2023."),
+        use=("Mono-modal groupwise (temporal) registration of a cine series: all frames of one slice form the "
+             "group; cardiac motion is the deformation to recover."),
+        modalities=tuple(f"frame{t:02d}" for t in range(17)),
+        subjects=tuple(f"s{s:02d}" for s in range(1, 11)),
+        label_names={0: "background", 1: "class 1", 2: "class 2", 3: "class 3", 4: "class 4", 5: "class 5"},
+        default_group=("17 images s05/frame00..frame16 (the 17 cardiac phases of slice s05; frames= selects some); "
+                       "group_by='frame' gives the 10 slices of one frame instead. dim=3: each frame as a 10-slice "
+                       "volume. labels=None by default (the per-slice label's phase is unknown, so copying it to "
+                       "all frames would fake a perfect alignment): it is in meta['slice_labels'] "
+                       "(group_by='frame' attaches each slice's own map)."),
+    ),
+    DatasetSpec(
+        name="oasis",
+        title="OASIS-1 T1 brains (2 subjects) with FreeSurfer labels, plus a voxelmorph atlas slice",
+        description=("Two skull-stripped, intensity-normalised, affinely aligned T1 brains (160x192x224, ~1 mm) "
+                     "with FreeSurfer aseg labels, from the voxelmorph test scan and the Learn2Reg 2019 tutorial, "
+                     "and a 2-D slice (index 100) of the voxelmorph atlas with its labels."),
+        files=_files("voxelmorph_oasis", "learn2reg_tutorial2019_oasis"),
+        source=("github.com/voxelmorph/voxelmorph @ ca28315d0ba24cd8946ac4f6ed081e049e5264fe (data/test_scan.npz); "
+                "github.com/learn2reg/tutorials2019 @ 4077710c372b048c4879db94e6459b57ffff88f7 (unsupervised/data)"),
+        upstream="https://www.oasis-brains.org/ ; https://github.com/adalca/medical-datasets/blob/master/neurite-oasis.md",
+        licence=("OASIS Data Use Agreement: free for research and teaching with attribution, no attempt at "
+                 "re-identification, cite OASIS. (voxelmorph code: Apache-2.0.)"),
+        citation=_OASIS_CITE,
+        use="Inter-subject (mono-modal) groups and atlas building with many structure labels.",
+        modalities=("T1",),
+        subjects=("vxm_test", "l2r_subject1"),
+        label_names=None,  # FreeSurfer aseg IDs, filled from _ASEG below
+        default_group=("2 images vxm_test/T1, l2r_subject1/T1; 2-D: slice 100 of the last axis (the atlas slice "
+                       "plane), include_atlas=True adds atlas/T1; labels = FreeSurfer aseg IDs "
+                       "(labels='tissue' maps them to 0 bg, 1 CSF, 2 GM, 3 WM)."),
+        notes="No spacing metadata upstream: 1 mm isotropic is assumed.",
+    ),
+    DatasetSpec(
+        name="brainweb_labels",
+        title="BrainWeb crisp anatomical model (3 mm slices) with simulated T1/T2/PD",
+        description=("The discrete BrainWeb normal anatomical model (10 tissue classes, 181x217x60, 1x1x3 mm). "
+                     "T1-, T2- and PD-like images are SIMULATED from class intensities and named '*_simulated': "
+                     "exact tissue ground truth, no real acquisition."),
+        files=_files("brainweb_crisp_3mm_nrough"),
+        source="github.com/nrough/framework @ f0c64cc5908c7f5b1379494cfabfe0ca09fe1d41 (Tests/NRough.Tests.MRI/Data)",
+        upstream="https://brainweb.bic.mni.mcgill.ca/brainweb/anatomic_normal.html",
+        licence=("BrainWeb gives no formal licence (data 'made available to the neuroimaging community'); cite the "
+                 "BrainWeb papers. (nrough framework code: LGPL-3.0.)"),
+        citation=_BRAINWEB_CITE,
+        use="Known-answer multi-contrast experiments: every intensity is a function of the true tissue class.",
+        modalities=("T1_simulated", "T2_simulated", "PD_simulated"),
+        subjects=("brainweb",),
+        label_names=BRAINWEB_CLASSES,
+        default_group="3 images brainweb/{T1,T2,PD}_simulated; 2-D: axial slice at 60% of the head's extent.",
+        simulated=("T1_simulated", "T2_simulated", "PD_simulated"),
+        notes="Class = round(stored value * 9 / 255); 1 550 voxels carry the stray value 151 (-> class 5).",
+    ),
+    DatasetSpec(
+        name="brainweb_slices",
+        title="BrainWeb T1 and PD slices from the ITK examples",
+        description=("Noise-free BrainWeb T1 and proton-density (PD) images of the same axial slice (217x181, 1 mm, "
+                     "8-bit PNG), plus ITK's padded ('border20') and moved PD variants with known transforms."),
+        files=_files("brainweb_itk_slices"),
+        source="github.com/huangguojun/myitk @ 1894d595b72e3186684f3764caa0cfe076728079 (copy of ITK Examples/Data)",
+        upstream="https://brainweb.bic.mni.mcgill.ca/brainweb/ ; https://github.com/InsightSoftwareConsortium/ITK",
+        licence="ITK: Apache-2.0; BrainWeb: no formal licence, cite the BrainWeb papers.",
+        citation=_BRAINWEB_CITE + " Johnson H.J., McCormick M., Ibanez L., The ITK Software Guide, Kitware.",
+        use="The classic T1<->PD multimodal pair; the moved PD variants are ready-made known-answer cases.",
+        modalities=("T1", "PD", "T1_border20", "PD_border20", "PD_shifted13x17y", "PD_rotated10",
+                    "PD_R10X13Y17", "PD_R10X13Y17S12"),
+        subjects=("brainweb",),
+        label_names=None,
+        default_group="2 images brainweb/T1, brainweb/PD (2-D only, cropped to the head, resampled to size x size).",
+        dims=(2,),
+    ),
+    DatasetSpec(
+        name="ants_slices",
+        title="ANTs example T1 slices of six subjects",
+        description=("Skull-stripped T1-weighted axial slices (256x256 8-bit JPEG, lossy) of six different "
+                     "subjects (r16, r27, r30, r62, r64, r85), roughly aligned; no labels, 1 mm assumed."),
+        files=_files("antspy_r_slices"),
+        source="github.com/ANTsX/ANTsPy @ 0cf1e566019d92a5e878129fa4cf1af839ccb826 (data/)",
+        upstream="https://github.com/ANTsX/ANTsPy",
+        licence="Apache-2.0 (ANTsPy repository licence); subject origin not documented.",
+        citation=("Avants B.B., Tustison N.J., Song G., Cook P.A., Klein A., Gee J.C., 'A reproducible evaluation "
+                  "of ANTs similarity metric performance in brain image registration', NeuroImage 54(3):2033-2044, "
+                  "2011; Tustison N.J. et al., 'The ANTsX ecosystem', Scientific Reports 11:9068, 2021."),
+        use="Inter-subject mono-modal groups (template building) in 2-D.",
+        modalities=("T1",),
+        subjects=("r16", "r27", "r30", "r62", "r64", "r85"),
+        label_names=None,
+        default_group="6 images r16/T1 ... r85/T1 (all subjects; 2-D only).",
+        dims=(2,),
+    ),
+]
+
+# FreeSurfer aseg names for the IDs present in the OASIS files.
+ASEG_LABELS = {
+    0: "background", 2: "Left-Cerebral-White-Matter", 3: "Left-Cerebral-Cortex", 4: "Left-Lateral-Ventricle",
+    5: "Left-Inf-Lat-Vent", 7: "Left-Cerebellum-White-Matter", 8: "Left-Cerebellum-Cortex", 10: "Left-Thalamus",
+    11: "Left-Caudate", 12: "Left-Putamen", 13: "Left-Pallidum", 14: "3rd-Ventricle", 15: "4th-Ventricle",
+    16: "Brain-Stem", 17: "Left-Hippocampus", 18: "Left-Amygdala", 24: "CSF", 26: "Left-Accumbens-area",
+    28: "Left-VentralDC", 30: "Left-vessel", 31: "Left-choroid-plexus", 41: "Right-Cerebral-White-Matter",
+    42: "Right-Cerebral-Cortex", 43: "Right-Lateral-Ventricle", 44: "Right-Inf-Lat-Vent",
+    46: "Right-Cerebellum-White-Matter", 47: "Right-Cerebellum-Cortex", 49: "Right-Thalamus", 50: "Right-Caudate",
+    51: "Right-Putamen", 52: "Right-Pallidum", 53: "Right-Hippocampus", 54: "Right-Amygdala",
+    58: "Right-Accumbens-area", 60: "Right-VentralDC", 62: "Right-vessel", 63: "Right-choroid-plexus",
+    72: "5th-Ventricle", 77: "WM-hypointensities", 80: "non-WM-hypointensities", 85: "Optic-Chiasm",
+    251: "CC_Posterior", 252: "CC_Mid_Posterior", 253: "CC_Central", 254: "CC_Mid_Anterior", 255: "CC_Anterior",
+}
+ASEG_TISSUE = {  # aseg ID -> 1 CSF, 2 grey matter, 3 white matter (others -> 0)
+    **{k: 1 for k in (4, 5, 14, 15, 24, 31, 43, 44, 63, 72)},
+    **{k: 2 for k in (3, 8, 10, 11, 12, 13, 17, 18, 26, 28, 42, 47, 49, 50, 51, 52, 53, 54, 58, 60, 80)},
+    **{k: 3 for k in (2, 7, 16, 41, 46, 77, 85, 251, 252, 253, 254, 255)},
+}
+
+REGISTRY: dict[str, DatasetSpec] = {s.name: s for s in _SPECS}
+REGISTRY["oasis"] = DatasetSpec(**{**REGISTRY["oasis"].__dict__, "label_names": ASEG_LABELS})
+
+
+def dataset_names() -> list[str]:
+    """Registered dataset names, in registry order."""
+    return list(REGISTRY)
+
+
+def get_spec(name: str) -> DatasetSpec:
+    """The :class:`DatasetSpec` of ``name``; raises :class:`UnknownDatasetError` listing the valid names."""
+    from .errors import UnknownDatasetError
+
+    if not isinstance(name, str) or name not in REGISTRY:
+        raise UnknownDatasetError(
+            f"unknown dataset {name!r}; valid names are: {', '.join(REGISTRY)}")
+    return REGISTRY[name]
