@@ -1,0 +1,510 @@
+"""Differentiable densities: cubic B-spline Parzen histograms, KDE entropy and voxel sampling.
+
+Everything here works on *flattened samples* (``values: [..., M]``), so it is agnostic to 2-D / 3-D images; the
+``xreg_edu.info`` module does the image -> sample step (mask, sub-sampling) and the information measures.
+
+Estimator (METHODS.md §1, official ``MI.py``): for each variable the bin range ``[lo, hi]`` is taken from the data
+and **detached**; the bin width is ``Δ = max((hi - lo) / L, eps)``; ``r = 2`` padding bins on each side give
+``L + 4`` bins; the continuous bin coordinate ``s = (u - lo) / Δ + r`` lies in ``[r, r + L]``; a sample spreads
+over the 4 bins ``⌊s⌋-1 .. ⌊s⌋+2`` (``⌊s⌋`` clamped to ``[r, r+L-1]``) with cubic B-spline weights
+``β(s - b)``, which sum to 1 (partition of unity). The gradient flows ``u -> s -> β -> histogram``.
+
+Histograms are filled sparsely: ``index_add`` of the 4 (or 4x4, or 4xK) tap weights per sample into a
+[bins, taps] buffer, then 4 (or 16) shifted adds. Cost O(M·4²) for a joint histogram, against O(M·L²) for the
+dense weight-matrix product ``Wxᵀ Wy`` (kept as :func:`dense_joint_histogram` for reference and benchmarks).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from ._checks import check_bins, check_finite
+
+__all__ = [
+    "EPS", "PADDING", "bspline_kernel", "bin_coordinates", "parzen_weights", "dense_weights", "histogram",
+    "joint_histogram", "class_histogram", "nd_histogram", "dense_joint_histogram", "entropy", "kde_entropy",
+    "silverman_bandwidth", "sample_indices", "bin_lookup", "class_log_likelihood",
+]
+
+EPS = 1e-8        #: clamp inside log and on the bin width (official value)
+PADDING = 2       #: padding bins per side, r = ceil(2σ) with σ = 1  ->  L + 4 bins
+MAX_ND_CELLS = 2 ** 26  #: refuse N-D histograms with more cells than this (curse of dimensionality)
+
+
+# --------------------------------------------------------------------------------------------- kernel, weights
+def bspline_kernel(d: Tensor) -> Tensor:
+    """Cubic B-spline β(d): (4 - 6d² + 3|d|³)/6 for |d|<1, (2-|d|)³/6 for 1<=|d|<2, else 0.
+
+    Args:
+        d: any shape, float.
+    Returns:
+        same shape as ``d``.
+    """
+    a = d.abs()
+    inner = (4.0 - 6.0 * a * a + 3.0 * a * a * a) / 6.0
+    outer = (2.0 - a).clamp_min(0.0) ** 3 / 6.0
+    return torch.where(a < 1.0, inner, outer)
+
+
+def _range(values: Tensor, lo, hi) -> tuple[Tensor, Tensor]:
+    """Detached per-row [lo, hi] of ``values [..., M]`` -> two [..., 1] tensors (given bounds are broadcast)."""
+    v = values.detach()
+    if v.shape[-1] == 0:
+        raise ValueError("cannot build a histogram from an empty sample (M = 0): check the mask / sample_rate")
+    shape = v.shape[:-1] + (1,)
+    if lo is None or hi is None:
+        lo_d, hi_d = torch.aminmax(v, dim=-1, keepdim=True)
+    lo_t = lo_d if lo is None else torch.as_tensor(lo, dtype=v.dtype, device=v.device).detach().expand(shape)
+    hi_t = hi_d if hi is None else torch.as_tensor(hi, dtype=v.dtype, device=v.device).detach().expand(shape)
+    return lo_t, hi_t
+
+
+def bin_coordinates(values: Tensor, bins: int, *, lo=None, hi=None, padding: int = PADDING
+                    ) -> tuple[Tensor, Tensor, Tensor]:
+    """Continuous bin coordinates ``s = (u - lo)/Δ + padding`` with a detached, data-driven range.
+
+    Args:
+        values: ``[..., M]`` float samples (one row per variable).
+        bins: number of (interior) bins L >= 2.
+        lo, hi: optional fixed range (float or tensor broadcastable to ``[..., 1]``); default min / max of each row
+            (detached, METHODS §1 step 3).
+        padding: padding bins per side (r, >= 2).
+    Returns:
+        ``(s [..., M], lo [..., 1], width [..., 1])``; ``width = max((hi-lo)/L, EPS)``. With a user-given range
+        ``s`` is clamped to ``[padding, padding + L]`` (values outside go to the edge bins, zero gradient).
+    """
+    check_bins(bins)
+    if padding < 2:
+        raise ValueError(f"padding must be >= 2 for the 4-tap cubic B-spline window, got {padding}")
+    lo_t, hi_t = _range(values, lo, hi)
+    width = ((hi_t - lo_t) / bins).clamp_min(EPS)
+    s = (values - lo_t) / width + padding
+    if lo is not None or hi is not None:          # a data-driven range needs no clamp (keeps the extremes' grad)
+        s = s.clamp(padding, padding + bins)
+    return s, lo_t, width
+
+
+def _poly(t: Tensor) -> Tensor:
+    """Cubic B-spline tap weights for fractional offsets ``t`` in [0, 1]: ``[..., 4]`` (bins f-1, f, f+1, f+2)."""
+    t2 = t * t
+    t3 = t2 * t
+    omt = 1.0 - t
+    return torch.stack(((omt * omt * omt) / 6.0,                       # β(t + 1)
+                        (3.0 * t3 - 6.0 * t2 + 4.0) / 6.0,             # β(t)
+                        (-3.0 * t3 + 3.0 * t2 + 3.0 * t + 1.0) / 6.0,  # β(t - 1)
+                        t3 / 6.0), dim=-1)                             # β(t - 2)
+
+
+def _dpoly(t: Tensor) -> Tensor:
+    """d/dt of :func:`_poly`: ``[..., 4]``."""
+    t2 = t * t
+    omt = 1.0 - t
+    return torch.stack((-0.5 * omt * omt, 1.5 * t2 - 2.0 * t, -1.5 * t2 + t + 0.5, 0.5 * t2), dim=-1)
+
+
+def _split(s: Tensor, bins: int, padding: int = PADDING) -> tuple[Tensor, Tensor]:
+    """``s`` -> (first tap index ``⌊s⌋-1`` long, fractional offset ``t = s - ⌊s⌋``), ``⌊s⌋`` clamped to [r, r+L-1]."""
+    f = s.detach().floor().clamp(padding, padding + bins - 1)
+    return f.long() - 1, s - f
+
+
+def _taps(s: Tensor, bins: int, padding: int = PADDING) -> tuple[Tensor, Tensor]:
+    """4-tap cubic B-spline weights for coordinates ``s [..., M]`` -> (first tap index [..., M] long, w [..., M, 4]).
+
+    Differentiable through autograd (dt/ds = 1, the floor is piecewise constant)."""
+    first, t = _split(s, bins, padding)
+    return first, _poly(t)
+
+
+def parzen_weights(values: Tensor, bins: int, *, lo=None, hi=None, padding: int = PADDING
+                   ) -> tuple[Tensor, Tensor]:
+    """Sparse 4-tap cubic B-spline Parzen weights.
+
+    Args:
+        values: ``[..., M]`` float samples.
+        bins: L >= 2; the histogram has ``L + 2·padding`` bins.
+        lo, hi, padding: see :func:`bin_coordinates`.
+    Returns:
+        ``(index [..., M, 4] long, weight [..., M, 4])``: the 4 bins ``⌊s⌋-1 .. ⌊s⌋+2`` and their weights
+        (each row sums to 1; differentiable w.r.t. ``values``).
+    """
+    s, _, _ = bin_coordinates(values, bins, lo=lo, hi=hi, padding=padding)
+    first, w = _taps(s, bins, padding)
+    index = first.unsqueeze(-1) + torch.arange(4, device=values.device)
+    return index, w
+
+
+def dense_weights(values: Tensor, bins: int, *, lo=None, hi=None, padding: int = PADDING) -> Tensor:
+    """Dense Parzen weight matrix ``W[m, b] = β(s_m - b)`` (O(M·L) memory; reference / teaching only).
+
+    Args:
+        values: ``[M]`` float samples.
+    Returns:
+        ``[M, L + 2·padding]``.
+    """
+    s, _, _ = bin_coordinates(values, bins, lo=lo, hi=hi, padding=padding)
+    centres = torch.arange(bins + 2 * padding, device=values.device, dtype=values.dtype)
+    return bspline_kernel(s.unsqueeze(-1) - centres)
+
+
+# --------------------------------------------------------------------------------------------- histograms
+def _flat(values: Tensor, name: str) -> tuple[Tensor, tuple]:
+    if not isinstance(values, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(values).__name__}")
+    if not values.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {values.dtype}")
+    if values.dim() == 0:
+        raise ValueError(f"{name} must have at least one dimension [..., M]")
+    if values.shape[-1] == 0:
+        raise ValueError(f"{name} is an empty sample (M = 0): check the mask / sample_rate")
+    lead = tuple(values.shape[:-1])
+    return values.reshape(-1, values.shape[-1]), lead
+
+
+def _shift_add(G: Tensor, dims: int) -> Tensor:
+    """Turn ``G[B, .., B, (extra), 4, .., 4]`` (per first-tap index) into the histogram ``[B, .., B, (extra)]``.
+
+    ``G`` has a leading batch dim: ``[P, B(×dims), *extra, 4(×dims)]``; output ``[P, B(×dims), *extra]``.
+    """
+    nb = G.shape[1]
+    out = G.new_zeros(G.shape[:-dims])
+    if dims == 1:
+        for t in range(4):
+            out[:, t:] += G[:, :nb - t, ..., t]
+    elif dims == 2:
+        for a in range(4):
+            for b in range(4):
+                out[:, a:, b:] += G[:, :nb - a, :nb - b, ..., a, b]
+    else:  # pragma: no cover - internal
+        raise ValueError(dims)
+    return out
+
+
+class _ClassHistogram(torch.autograd.Function):
+    """h[n, k, b] = Σ_m γ[m, k] β(s[n, m] - b): fused forward (index_add) and analytic backward."""
+
+    @staticmethod
+    def forward(ctx, s, post, bins):
+        N, M = s.shape
+        K = post.shape[1]
+        nb = bins + 2 * PADDING
+        first, t = _split(s, bins)
+        rows = (first + (torch.arange(N, device=s.device) * nb).unsqueeze(1)).reshape(-1)
+        src = post.unsqueeze(0).unsqueeze(-1) * _poly(t).unsqueeze(2)      # [N, M, K, 4]
+        G = s.new_zeros(N * nb, K, 4).index_add_(0, rows, src.reshape(N * M, K, 4))
+        ctx.save_for_backward(rows, t, post)
+        ctx.nb = nb
+        return _shift_add(G.reshape(N, nb, K, 4), 1).transpose(1, 2)       # [N, K, nb]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_h):
+        rows, t, post = ctx.saved_tensors
+        N, M = t.shape
+        K = post.shape[1]
+        nb = ctx.nb
+        g = torch.nn.functional.pad(grad_h.transpose(1, 2), (0, 0, 0, 3))  # [N, nb+3, K]
+        win = g.unfold(1, 4, 1).reshape(N * nb, K * 4)                      # win[n, j, k, t] = g[n, j+t, k]
+        gr = win.index_select(0, rows).reshape(N, M, K, 4)
+        grad_s = grad_post = None
+        if ctx.needs_input_grad[0]:
+            gw = (gr * post.unsqueeze(0).unsqueeze(-1)).sum(2)                # [N, M, 4]
+            grad_s = (gw * _dpoly(t)).sum(-1)
+        if ctx.needs_input_grad[1]:
+            grad_post = (gr * _poly(t).unsqueeze(2)).sum((0, 3))
+        return grad_s, grad_post, None
+
+
+class _JointHistogram(torch.autograd.Function):
+    """h[p, a, b] = Σ_m w[p, m] β(sx[p, m] - a) β(sy[p, m] - b): fused forward and analytic backward."""
+
+    @staticmethod
+    def forward(ctx, sx, sy, wm, bins):
+        P, M = sx.shape
+        nb = bins + 2 * PADDING
+        fx, tx = _split(sx, bins)
+        fy, ty = _split(sy, bins)
+        w = _poly(tx).unsqueeze(-1) * _poly(ty).unsqueeze(-2)                # [P, M, 4, 4]
+        if wm is not None:
+            w = w * wm.unsqueeze(-1).unsqueeze(-1)
+        rows = (fx * nb + fy + (torch.arange(P, device=sx.device) * (nb * nb)).unsqueeze(1)).reshape(-1)
+        G = sx.new_zeros(P * nb * nb, 4, 4).index_add_(0, rows, w.reshape(P * M, 4, 4))
+        ctx.save_for_backward(rows, tx, ty, wm)
+        ctx.nb = nb
+        return _shift_add(G.reshape(P, nb, nb, 4, 4), 2)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_h):
+        rows, tx, ty, wm = ctx.saved_tensors
+        P, M = tx.shape
+        nb = ctx.nb
+        g = torch.nn.functional.pad(grad_h, (0, 3, 0, 3))                   # [P, nb+3, nb+3]
+        win = g.unfold(1, 4, 1).unfold(2, 4, 1).reshape(P * nb * nb, 16)      # win[p,i,j,a,b] = g[p, i+a, j+b]
+        gr = win.index_select(0, rows).reshape(P, M, 4, 4)
+        wx, wy = _poly(tx), _poly(ty)
+        grad_sx = grad_sy = grad_wm = None
+        if ctx.needs_input_grad[2] and wm is not None:
+            grad_wm = (gr * (wx.unsqueeze(-1) * wy.unsqueeze(-2))).sum((-1, -2))
+        if wm is not None:
+            gr = gr * wm.unsqueeze(-1).unsqueeze(-1)
+        if ctx.needs_input_grad[0]:
+            grad_sx = ((gr * wy.unsqueeze(-2)).sum(-1) * _dpoly(tx)).sum(-1)
+        if ctx.needs_input_grad[1]:
+            grad_sy = ((gr * wx.unsqueeze(-1)).sum(-2) * _dpoly(ty)).sum(-1)
+        return grad_sx, grad_sy, grad_wm, None
+
+
+def histogram(values: Tensor, bins: int, weights: Tensor | None = None, *, lo=None, hi=None) -> Tensor:
+    """Weighted 1-D B-spline Parzen histogram (counts, not normalised).
+
+    Args:
+        values: ``[..., M]`` float; leading dims are independent variables (batched).
+        bins: L >= 2.
+        weights: optional ``[M]`` or ``[..., M]`` non-negative sample weights.
+        lo, hi: optional fixed range (default: detached min / max of each row).
+    Returns:
+        ``[..., L + 4]``. Cost O(M·4).
+    """
+    v, lead = _flat(values, "values")
+    P, M = v.shape
+    nb = bins + 2 * PADDING
+    s, _, _ = bin_coordinates(v, bins, lo=lo, hi=hi)
+    first, w = _taps(s, bins)                                            # [P, M], [P, M, 4]
+    if weights is not None:
+        w = w * weights.reshape(-1, M).unsqueeze(-1)
+    offs = (torch.arange(P, device=v.device) * nb).unsqueeze(1)
+    G = v.new_zeros(P * nb, 4).index_add_(0, (first + offs).reshape(-1), w.reshape(P * M, 4))
+    return _shift_add(G.reshape(P, nb, 4), 1).reshape(lead + (nb,))
+
+
+def joint_histogram(x: Tensor, y: Tensor, bins: int, weights: Tensor | None = None) -> Tensor:
+    """Weighted joint B-spline Parzen histogram of two variables, filled sparsely in O(M·4²).
+
+    Args:
+        x, y: ``[..., M]`` float (same shape; leading dims = independent pairs, batched). Each row gets its own
+            detached data-driven bin range.
+        bins: L >= 2.
+        weights: optional ``[M]`` or ``[..., M]`` sample weights.
+    Returns:
+        ``[..., L + 4, L + 4]`` counts; ``h[a, b] = Σ_m w_m β(s^x_m - a) β(s^y_m - b)``. Its marginals equal the
+        1-D histograms (partition of unity).
+    """
+    if x.shape != y.shape:
+        raise ValueError(f"x {tuple(x.shape)} and y {tuple(y.shape)} must have the same shape")
+    xv, lead = _flat(x, "x")
+    yv, _ = _flat(y, "y")
+    P, M = xv.shape
+    nb = bins + 2 * PADDING
+    sx = bin_coordinates(xv, bins)[0]
+    sy = bin_coordinates(yv, bins)[0]
+    wm = None if weights is None else weights.to(xv.dtype).reshape(-1, M).expand(P, M)
+    h = _JointHistogram.apply(sx, sy, wm, bins)
+    return h.reshape(lead + (nb, nb))
+
+
+def class_histogram(values: Tensor, posterior: Tensor, bins: int, *, lo=None, hi=None) -> Tensor:
+    """Class-weighted (posterior-weighted) Parzen histograms ``h[k, b] = Σ_m γ_mk β(s_m - b)`` (X-metric, SVCD).
+
+    Batched over the group: one ``index_add`` for all N images. Cost O(N·M·4·K).
+
+    Args:
+        values: ``[M]`` or ``[N, M]`` float (each row its own detached bin range).
+        posterior: ``[M, K]`` class weights γ shared by all rows (gradient flows if it requires grad).
+        bins: L >= 2.
+        lo, hi: optional fixed range.
+    Returns:
+        ``[K, L + 4]`` for 1-D ``values``, else ``[N, K, L + 4]``.
+    """
+    if posterior.dim() != 2:
+        raise ValueError(f"posterior must have shape [M, K], got {tuple(posterior.shape)}")
+    v, lead = _flat(values, "values")
+    N, M = v.shape
+    if posterior.shape[0] != M:
+        raise ValueError(f"posterior has {posterior.shape[0]} samples but values have M = {M}")
+    K = posterior.shape[1]
+    nb = bins + 2 * PADDING
+    h = _ClassHistogram.apply(bin_coordinates(v, bins, lo=lo, hi=hi)[0], posterior.to(v.dtype), bins)
+    return h.reshape(lead + (K, nb))
+
+
+def nd_histogram(values: Tensor, bins: int, weights: Tensor | None = None) -> Tensor:
+    """N-dimensional B-spline Parzen histogram for a small group (4^N taps per sample, flat ``index_add``).
+
+    Args:
+        values: ``[N, M]`` float (N variables, M samples), each row its own detached bin range.
+        bins: L >= 2; the histogram has ``(L + 4)^N`` cells (refused above 2**26: use KDE / Gaussian instead).
+        weights: optional ``[M]`` sample weights.
+    Returns:
+        ``[L + 4] * N`` counts.
+    """
+    v, _ = _flat(values, "values")
+    if values.dim() != 2:
+        raise ValueError(f"values must have shape [N, M], got {tuple(values.shape)}")
+    N, M = v.shape
+    nb = bins + 2 * PADDING
+    if nb ** N > MAX_ND_CELLS:
+        raise ValueError(f"an N-D histogram with N = {N} and L = {bins} needs {nb ** N:.3g} cells "
+                         f"(> {MAX_ND_CELLS}); the curse of dimensionality: use fewer bins or a KDE / Gaussian estimate")
+    first, w = _taps(bin_coordinates(v, bins)[0], bins)                 # [N, M], [N, M, 4]
+    ar = torch.arange(4, device=v.device)
+    idx = first[0].unsqueeze(1) + ar                                     # [M, 4^j]
+    ww = w[0]
+    for j in range(1, N):
+        idx = (idx.unsqueeze(2) * nb + (first[j].unsqueeze(1) + ar).unsqueeze(1)).reshape(M, -1)
+        ww = (ww.unsqueeze(2) * w[j].unsqueeze(1)).reshape(M, -1)
+    if weights is not None:
+        ww = ww * weights.reshape(M, 1)
+    h = v.new_zeros(nb ** N).index_add_(0, idx.reshape(-1), ww.reshape(-1))
+    return h.reshape((nb,) * N)
+
+
+def dense_joint_histogram(x: Tensor, y: Tensor, bins: int) -> Tensor:
+    """Reference joint histogram ``Wxᵀ Wy`` with dense ``[M, L+4]`` weight matrices (O(M·L²), official style).
+
+    Args:
+        x, y: ``[M]`` float.
+    Returns:
+        ``[L + 4, L + 4]``; equals :func:`joint_histogram` to float precision.
+    """
+    if x.shape != y.shape or x.dim() != 1:
+        raise ValueError(f"x {tuple(x.shape)} and y {tuple(y.shape)} must both have shape [M]")
+    return dense_weights(x, bins).transpose(0, 1) @ dense_weights(y, bins)
+
+
+# --------------------------------------------------------------------------------------------- entropies
+def entropy(p: Tensor, dim=None) -> Tensor:
+    """Shannon entropy (nats) of a histogram / pmf, normalised first; ``-Σ p log clamp(p, EPS)``.
+
+    Args:
+        p: non-negative counts of any shape.
+        dim: int or tuple of dims that index the distribution (default: all dims); the other dims are batched.
+    Returns:
+        entropy with ``dim`` reduced (0-dim tensor for ``dim=None``).
+    """
+    if dim is None:
+        dim = tuple(range(p.dim()))
+    total = p.sum(dim=dim, keepdim=True)
+    q = p / total.clamp_min(torch.finfo(p.dtype).tiny)
+    return -(q * q.clamp_min(EPS).log()).sum(dim=dim)
+
+
+def silverman_bandwidth(num_samples: int, dim: int) -> float:
+    """Silverman's rule factor ``(4 / (d + 2))^(1/(d+4)) · M^(-1/(d+4))`` (multiply by the data std)."""
+    return (4.0 / (dim + 2)) ** (1.0 / (dim + 4)) * num_samples ** (-1.0 / (dim + 4))
+
+
+def kde_entropy(samples: Tensor, bandwidth: float | Tensor | None = None) -> Tensor:
+    """Leave-one-out Gaussian KDE entropy (nats), differentiable, any dimension; O(M²·d).
+
+    ``Ĥ = -(1/M) Σ_m log[ (1/(M-1)) Σ_{m'≠m} G_h(u_m - u_m') ]`` with an isotropic Gaussian G_h (computed with
+    logsumexp).
+
+    Args:
+        samples: ``[M]`` or ``[M, d]`` float, M >= 2.
+        bandwidth: h (same units as the samples); default Silverman's rule times the mean per-dimension std
+            (detached).
+    Returns:
+        0-dim tensor.
+    """
+    x = samples.unsqueeze(1) if samples.dim() == 1 else samples
+    if x.dim() != 2:
+        raise ValueError(f"samples must have shape [M] or [M, d], got {tuple(samples.shape)}")
+    M, d = x.shape
+    if M < 2:
+        raise ValueError(f"kde_entropy needs at least 2 samples, got M = {M}")
+    if bandwidth is None:
+        sd = x.detach().std(dim=0).mean().clamp_min(EPS)
+        h = sd * silverman_bandwidth(M, d)
+    else:
+        h = torch.as_tensor(bandwidth, dtype=x.dtype, device=x.device)
+        if not bool(h > 0):
+            raise ValueError(f"bandwidth must be > 0, got {bandwidth}")
+    d2 = (x.unsqueeze(1) - x.unsqueeze(0)).pow(2).sum(-1)               # [M, M]; cdist has an unstable grad at 0
+    logk = -0.5 * d2 / (h * h)
+    logk = logk.masked_fill(torch.eye(M, dtype=torch.bool, device=x.device), float("-inf"))
+    log_density = torch.logsumexp(logk, dim=1) - math.log(M - 1) - 0.5 * d * torch.log(2 * math.pi * h * h)
+    return -log_density.mean()
+
+
+# --------------------------------------------------------------------------------------------- sampling, lookup
+def sample_indices(mask: Tensor | None, rate: float = 1.0, generator: torch.Generator | None = None, *,
+                   numel: int | None = None, device=None) -> Tensor:
+    """Seeded voxel sub-sampling: flat indices of a random subset of the masked voxels.
+
+    A fixed-size subset of ``max(1, round(rate · count))`` voxels is drawn without replacement (sorted for memory
+    locality), instead of the official Bernoulli(ρ) draw: same expectation, fixed M.
+
+    Args:
+        mask: ``[*S]`` bool (non-empty) or None (all ``numel`` voxels).
+        rate: sampling rate ρ in (0, 1].
+        generator: optional ``torch.Generator`` (its device is used for the draw) for reproducible sampling.
+        numel: number of voxels when ``mask`` is None.
+        device: device of the result when ``mask`` is None (default: CPU).
+    Returns:
+        ``[M]`` long flat indices into the flattened spatial grid.
+    """
+    if not (0.0 < float(rate) <= 1.0):
+        raise ValueError(f"sample rate must be in (0, 1], got {rate}")
+    if mask is None:
+        if numel is None:
+            raise ValueError("sample_indices needs numel when mask is None")
+        idx = None
+        count = int(numel)
+        device = torch.device("cpu") if device is None else torch.device(device)
+    else:
+        idx = mask.reshape(-1).nonzero().squeeze(1)
+        count = idx.numel()
+        device = idx.device
+        if count == 0:
+            raise ValueError("mask is empty: it selects no voxel")
+    if rate >= 1.0:
+        return idx if idx is not None else torch.arange(count, device=device)
+    m = max(1, int(round(rate * count)))
+    gdev = generator.device if generator is not None else device
+    pick = torch.randperm(count, generator=generator, device=gdev)[:m].to(device).sort().values
+    return pick if idx is None else idx[pick]
+
+
+@torch.no_grad()
+def bin_lookup(values: Tensor, lo: Tensor | float, width: Tensor | float, bins: int,
+               padding: int = PADDING) -> Tensor:
+    """Hard nearest-bin index ``clamp(⌊(u - lo)/Δ⌋ + r, 0, L + 2r - 1)`` (E-step only: no gradient).
+
+    Args:
+        values: ``[..., V]`` float.
+        lo, width: as returned by :func:`bin_coordinates` (``[..., 1]`` or scalars).
+    Returns:
+        ``[..., V]`` long.
+    """
+    b = torch.floor((values - lo) / width).long() + padding
+    return b.clamp(0, bins + 2 * padding - 1)
+
+
+@torch.no_grad()
+def class_log_likelihood(values: Tensor, sample: Tensor, posterior: Tensor, bins: int) -> Tensor:
+    """Non-parametric (SVCD) class-conditional log-likelihoods ``log f_jk(u_j(x))`` for the E-step (no grad).
+
+    Builds ``p_j(b | k)`` from a (sub-)sample weighted by the posterior (:func:`class_histogram`), then looks up
+    every voxel's hard bin (:func:`bin_lookup`, same bin geometry as the sample) — METHODS §3.3.
+
+    Args:
+        values: ``[N, V]`` all voxels of each image (e.g. the masked voxels).
+        sample: ``[N, M]`` the sample used for the histogram (may be ``values`` itself).
+        posterior: ``[M, K]`` weights of the sample.
+        bins: L >= 2.
+    Returns:
+        ``[N, K, V]`` ``log clamp(p_j(bin_j(x) | k), EPS)`` (pmf mass per bin).
+    """
+    if values.dim() != 2 or sample.dim() != 2 or values.shape[0] != sample.shape[0]:
+        raise ValueError(f"values [N, V] and sample [N, M] must share N, got {tuple(values.shape)}, "
+                         f"{tuple(sample.shape)}")
+    _, lo, width = bin_coordinates(sample, bins)
+    h = class_histogram(sample, posterior, bins)                         # [N, K, B]
+    logp = (h / h.sum(-1, keepdim=True).clamp_min(EPS)).clamp_min(EPS).log()
+    b = bin_lookup(values, lo, width, bins)                              # [N, V]
+    K = h.shape[1]
+    return torch.gather(logp, 2, b.unsqueeze(1).expand(-1, K, -1))
