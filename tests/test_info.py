@@ -1,14 +1,13 @@
 """Known-answer tests for xreg_edu.info: MI (eq. 1), total correlation (eq. 2), I(U;Z) (eq. 3-4), X-metric (eq. 5),
 the eq. 6 objective, plus real multi-modal brain MRI checks (open_ms, patient07)."""
 import math
-import os
-from pathlib import Path
 
 import pytest
 import torch
 
 from xreg_edu import density as D
 from xreg_edu import info as I
+from conftest import open_ms_file
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -332,21 +331,14 @@ def test_info_same_on_cuda():
 
 
 # ----------------------------------------------------------------------------------------------- real images
-def _mirror() -> Path:
-    env = os.environ.get("XREG_EDU_MIRROR")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
 @pytest.fixture(scope="module")
 def open_ms_slice():
     """patient07 T1/T2/FLAIR (MNI, co-registered), middle axial slice, 2x2 average-pooled to 91x109, [0,1]."""
-    nib = pytest.importorskip("nibabel")
-    root = _mirror() / "open_ms_data_mni" / "patient07"
-    if not root.is_dir():
-        pytest.skip(f"open_ms mirror not found at {root}")
+    import nibabel as nib
+
     out = []
     for mod in ("T1", "T2", "FLAIR"):
-        path = next(root.glob(f"{mod}_*.nii.gz"))
+        path = open_ms_file(mod)
         vol = nib.load(str(path)).dataobj
         sl = torch.tensor(vol[:, :, vol.shape[2] // 2], dtype=torch.float32)
         sl = torch.nn.functional.avg_pool2d(sl[None, None], 2)[0, 0]

@@ -1,31 +1,23 @@
 """Known-answer tests for xreg_edu.spatial (grids, warping, transforms, composition, energies, Jacobians)."""
 from __future__ import annotations
 
-import glob
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import xreg_edu.spatial as sp
+from conftest import open_ms_file
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
-def _mirror() -> Path:
-    return Path(os.environ.get("XREG_EDU_MIRROR", Path(__file__).resolve().parents[2] / "shared" / "data"))
-
-
 def real_slice(modality: str = "T1", step: int = 3) -> torch.Tensor:
-    """Mid axial slice of open_ms patient07 ``[1, 1, H, W]`` in [0, 1] (skips if the mirror is absent)."""
-    nib = pytest.importorskip("nibabel")
-    files = glob.glob(str(_mirror() / "open_ms_data_mni" / "patient07" / f"{modality}_*.nii.gz"))
-    if not files:
-        pytest.skip("open_ms mirror not available")
-    vol = nib.load(files[0])
+    """Mid axial slice of open_ms patient07 ``[1, 1, H, W]`` in [0, 1], fetched through the registry."""
+    import nibabel as nib
+
+    vol = nib.load(str(open_ms_file(modality)))
     sl = np.asarray(vol.dataobj[:, :, vol.shape[2] // 2], dtype=np.float32)[::step, ::step]
     sl = (sl - sl.min()) / (sl.max() - sl.min())
     return torch.from_numpy(np.ascontiguousarray(sl))[None, None]

@@ -15,10 +15,22 @@ _EXPORTS = {
     "entropy": "info",
     "mutual_information": "info",
     "normalized_mutual_information": "info",
+    "conditional_entropy": "info",
     "total_correlation": "info",
+    "gaussian_total_correlation": "info",
     "posterior_information": "info",
+    "labels_to_posterior": "info",
     "x_metric": "info",
     "x_metric_terms": "info",
+    "x_objective": "info",
+    # evaluation
+    "group_registration_error": "evaluate",
+    "group_warping_index": "evaluate",
+    "group_dice": "evaluate",
+    "assd": "evaluate",
+    "folding_percentage": "evaluate",
+    # simulation
+    "misalign": "simulate",
     # data
     "load_dataset": "datasets",
     "list_datasets": "datasets",

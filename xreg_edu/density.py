@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._checks import check_bins, check_finite
+from ._checks import check_bins
 
 __all__ = [
     "EPS", "PADDING", "bspline_kernel", "bin_coordinates", "parzen_weights", "dense_weights", "histogram",

@@ -1,0 +1,17 @@
+"""Shared test helpers: real images come through the project's own registry (mirror first, else download)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # lets test modules share helpers (e.g. real_slice)
+
+
+def open_ms_file(modality: str, patient: str = "patient07") -> Path:
+    """Path of one open_ms volume (FLAIR, T1, T1POST, T2, GOLD_STANDARD), fetched and sha256-checked."""
+    from xreg_edu.datasets import fetch
+
+    matches = [p for p in fetch("open_ms") if p.parent.name == patient and p.name.startswith(f"{modality}_")]
+    if len(matches) != 1:
+        raise FileNotFoundError(f"open_ms has no unique {patient}/{modality} file (found {matches})")
+    return matches[0]
