@@ -1,0 +1,129 @@
+"""Training and test groups for BIGR-lite from the real datasets of the registry.
+
+The multi-sequence cardiac cases (``myops_cmr``: bSSFP/LGE/T2, natively co-registered, labels myocardium/LV/RV) are
+split *by patient* into train and test, as in the talk's MS-CMRSeg experiment; every labelled short-axis slice of a
+patient is one 2-D group. A synthetic misalignment (random SVF or FFD, group mean zero, :func:`xreg_edu.simulate.misalign`)
+is drawn on top of the native alignment each time a group is used, so the labels give the ground truth. Larger test
+groups (N = 10, 60, 120 ...) repeat a slice's modalities, each copy with its own misalignment: every image of the
+group then shares one true anatomy, and groupwise Dice measures registration alone.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import replace
+
+import torch
+
+from ..group import ImageGroup
+
+#: patient split used for the pretrained weights (7 train / 3 test, by patient)
+SPLITS = {
+    "myops_cmr": ([f"Case30{i:02d}" for i in range(1, 8)], [f"Case30{i:02d}" for i in range(8, 11)]),
+    "open_ms": (["patient07", "patient19"], ["patient26"]),
+}
+#: default misalignment for training and testing (mm; control spacing = 1/4 of the field of view)
+MISALIGNMENT = {"kind": "svf", "magnitude_mm": 8.0}
+
+
+@functools.lru_cache(maxsize=16)
+def _load_slices(dataset: str, subjects: tuple[str, ...], size: int, min_label_voxels: int) -> tuple[ImageGroup, ...]:
+    from ..datasets import load_dataset
+
+    out = []
+    for s in subjects:
+        vol = load_dataset(dataset, dim=3, size=size, subjects=[s])
+        if vol.labels is None:
+            raise ValueError(f"{dataset} has no label maps; BIGR-lite groups need labels for evaluation")
+        for k in range(vol.images.shape[2]):
+            lab = vol.labels[:, :, k]
+            if int((lab[0] > 0).sum()) < min_label_voxels:
+                continue
+            out.append(ImageGroup(images=vol.images[:, :, k].contiguous(), spacing=vol.spacing[1:],
+                                  names=[f"{n}/slice{k}" for n in vol.names], labels=lab.contiguous(),
+                                  label_names=vol.label_names, meta={"dataset": dataset, "subject": s, "slice": k}))
+    if not out:
+        raise ValueError(f"no labelled slice found in {dataset} for subjects {subjects}")
+    return tuple(out)
+
+
+def load_slices(dataset: str = "myops_cmr", subjects=None, size: int = 64,
+                min_label_voxels: int = 50) -> list[ImageGroup]:
+    """Every labelled 2-D slice of the given subjects, one :class:`ImageGroup` (all modalities) per slice.
+
+    Args:
+        dataset: a registry name with multi-modal 3-D volumes and labels (``"myops_cmr"``, ``"open_ms"`` ...).
+        subjects: list of subject names; default all subjects of the dataset's split (train + test).
+        size: in-plane grid size (square field of view around the labelled region).
+        min_label_voxels: skip slices with fewer labelled voxels.
+
+    Returns:
+        list of groups ``[M, 1, size, size]`` (M = number of modalities), cached in memory.
+    """
+    if subjects is None:
+        train, test = SPLITS[dataset]
+        subjects = list(train) + list(test)
+    return list(_load_slices(dataset, tuple(subjects), int(size), int(min_label_voxels)))
+
+
+def split_slices(dataset: str = "myops_cmr", size: int = 64) -> tuple[list[ImageGroup], list[ImageGroup]]:
+    """(train slices, test slices) of the patient split :data:`SPLITS`."""
+    if dataset not in SPLITS:
+        raise ValueError(f"no train/test split defined for {dataset!r}; known: {sorted(SPLITS)}")
+    train, test = SPLITS[dataset]
+    return load_slices(dataset, train, size), load_slices(dataset, test, size)
+
+
+def replicate(group: ImageGroup, n: int) -> ImageGroup:
+    """The first ``n`` images of the group's modalities repeated cyclically (N = n)."""
+    m = len(group)
+    idx = [i % m for i in range(n)]
+    out = group.subset(idx)
+    return replace(out, names=[f"{nm}#{i // m}" for i, nm in enumerate(out.names)])
+
+
+def make_group(slice_group: ImageGroup, n: int, seed: int, misalignment: dict | None = None):
+    """A misaligned group of N images built from one slice (modalities repeated when N > M).
+
+    Args:
+        slice_group: an aligned slice (all modalities) from :func:`load_slices`.
+        n: group size N >= 2.
+        seed: seed of the misalignment.
+        misalignment: keywords of :func:`xreg_edu.simulate.misalign` (default :data:`MISALIGNMENT`).
+
+    Returns:
+        ``(observed ImageGroup, Misalignment)``.
+    """
+    from ..simulate import misalign
+
+    if n < 2:
+        raise ValueError(f"group size must be >= 2, got {n}")
+    ranges = dict(MISALIGNMENT if misalignment is None else misalignment)
+    kind = ranges.pop("kind", "svf")
+    return misalign(replicate(slice_group, n), kind=kind, seed=seed, **ranges)
+
+
+class GroupSampler:
+    """Seeded stream of misaligned training groups (N drawn from ``group_sizes``).
+
+    Args:
+        slices: aligned slice groups.
+        group_sizes: the N to draw from (uniformly), e.g. ``(3, 4)``.
+        seed: seed of the stream (slice choice, N and misalignment seeds).
+        misalignment: keywords of :func:`xreg_edu.simulate.misalign`.
+    """
+
+    def __init__(self, slices: list[ImageGroup], group_sizes=(3, 4), seed: int = 0,
+                 misalignment: dict | None = None) -> None:
+        if not slices:
+            raise ValueError("no slices to sample from")
+        self.slices, self.group_sizes, self.misalignment = slices, tuple(group_sizes), misalignment
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def _randint(self, n: int) -> int:
+        return int(torch.randint(n, (1,), generator=self.generator))
+
+    def __call__(self):
+        """Next ``(observed ImageGroup, Misalignment)``."""
+        s = self.slices[self._randint(len(self.slices))]
+        n = self.group_sizes[self._randint(len(self.group_sizes))]
+        return make_group(s, n, seed=self._randint(2 ** 31 - 1), misalignment=self.misalignment)
