@@ -22,22 +22,18 @@ last); what ``run`` computes is never changed here — chapters shrink their ite
 from __future__ import annotations
 
 import inspect
-import os
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from ._env import env_flag, is_quick
+
 __all__ = ["sweep", "is_quick", "is_static", "iterations", "small_multiples", "live_widget"]
-
-
-def is_quick() -> bool:
-    """True under ``XREG_EDU_QUICK=1`` (CI and nbmake): chapters cut iteration counts, never the method."""
-    return os.environ.get("XREG_EDU_QUICK", "0").strip().lower() not in ("", "0", "false", "no")
 
 
 def is_static() -> bool:
     """True when figures must be static: ``XREG_EDU_STATIC=1``, no ipywidgets, or not inside an IPython kernel."""
-    if os.environ.get("XREG_EDU_STATIC", "0").strip().lower() not in ("", "0", "false", "no"):
+    if env_flag("XREG_EDU_STATIC"):
         return True
     try:
         import ipywidgets  # noqa: F401
