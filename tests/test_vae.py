@@ -168,7 +168,7 @@ def test_variants_run_for_any_group_size(variant, n):
             h.out.weight.normal_(0, 0.5)
     out = model(torch.rand(n, 1, 24, 20), (1.2, 1.0))
     assert out.field.shape == (n, 2, 24, 20) and out.recon.shape == (n, 1, 24, 20)
-    assert float(out.field.abs().max()) > 1e-3
+    assert float(out.field.detach().abs().max()) > 1e-3
     assert torch.allclose(out.field.mean(0), torch.zeros(2, 24, 20), atol=1e-5)  # group mean zero
     assert torch.isfinite(out.terms.elbo)
     out.terms.loss().backward()
@@ -192,6 +192,58 @@ def test_wrong_config_gives_a_clear_error(tmp_path):
 def test_unknown_variant_rejected():
     with pytest.raises(ValueError, match="variant"):
         BIGRConfig(variant="XD")
+
+
+def test_head_increment_has_group_mean_zero_and_is_bounded():
+    torch.manual_seed(0)
+    model = BIGRLite(variant="CD", levels=(2,), width=4, head_width=4, max_step_mm=3.0)
+    head = model.heads[0]
+    warped, template = torch.rand(4, model.config.channels, 12, 12), torch.rand(1, model.config.channels, 12, 12)
+    with torch.no_grad():
+        head.out.weight.normal_(0, 0.5)
+        ref = head(warped, template)
+        head.out.bias.fill_(20.0)  # a large common offset must neither saturate tanh nor change the increment
+        inc = head(warped, template)
+    assert torch.allclose(inc, ref, atol=1e-4)
+    assert float(inc.abs().max()) <= 3.0 + 1e-5 and float(inc.abs().max()) > 0.1
+    assert float((inc[0] - inc[1]).abs().max()) > 1e-2
+
+
+def test_two_stage_training_runs_and_freezes_the_encoder():
+    from xreg_edu.group import ImageGroup
+    from xreg_edu.vae.train import train
+
+    g = torch.Generator().manual_seed(0)
+    y, x = torch.meshgrid(torch.arange(24.0), torch.arange(24.0), indexing="ij")
+    disk = (((y - 12) ** 2 + (x - 11) ** 2) < 30).float()
+    imgs = torch.stack([disk, 1 - disk, 0.5 * disk]).unsqueeze(1) + 0.05 * torch.rand(3, 1, 24, 24, generator=g)
+    sl = ImageGroup(images=imgs, spacing=(2.0, 2.0), names=["a", "b", "c"], labels=disk.long().expand(3, 1, 24, 24).clone())
+    cfg = BIGRConfig(variant="CD", levels=(4,), width=4, head_width=4, channels=3)
+    seen = {}
+
+    def cb(step, rec):
+        if step == 2:  # first stage-B step: snapshot of the encoder
+            seen["enc"] = [p.detach().clone() for p in model_ref[0].encoder.parameters()]
+
+    model_ref = []
+    torch.manual_seed(0)
+    orig = BIGRLite.__init__
+
+    def spy(self, *a, **k):
+        orig(self, *a, **k)
+        model_ref.append(self)
+
+    BIGRLite.__init__ = spy
+    try:
+        model, hist = train(cfg, steps=6, slices=[sl], warmup=(0.34, 0.7), progress=False, callback=cb,
+                            misalignment={"kind": "svf", "magnitude_mm": 3.0})
+    finally:
+        BIGRLite.__init__ = orig
+    assert [h["stage"] for h in hist] == ["A", "A", "B", "B", "B", "B"]
+    assert hist[0]["n"] > 3  # stage A adds intensity-remapped copies
+    assert all(torch.equal(a, b) for a, b in zip(seen["enc"], model.encoder.parameters()))  # frozen in B
+    assert any(float(h.out.weight.abs().sum()) > 0 for h in model.heads)  # the heads did learn
+    assert not model.training
 
 
 # ------------------------------------------------------------------------------------------------ pretrained, real data

@@ -48,7 +48,12 @@ class BIGRConfig:
         width: encoder width.
         dilations: encoder dilations (one 3×3 conv each).
         head_width: registration-head width.
-        levels: downsampling factor of each coarse-to-fine level (one head per level).
+        levels: downsampling factor of each coarse-to-fine level (one head per level): the field increment of that
+            level lives on a grid this much coarser than the image and is upsampled (bilinear), so a field cannot
+            carry image detail finer than the level's grid.
+        head_input: downsampling factor of what the heads *see* (the warped maps and the template). It must be
+            small (1–2): a head that sees the maps at its level's coarse grid (e.g. 4×4 for 64² images) is blind
+            to the structures it should align.
         max_step_mm: bound on one increment (mm per component).
         svf_steps: scaling-and-squaring steps (D).
         inverse_iterations: fixed-point iterations to invert a displacement (N).
@@ -58,27 +63,36 @@ class BIGRConfig:
             an image cannot explain itself and only alignment with the rest of the group improves its
             reconstruction. Our choice (a pseudo-likelihood reading of eq. 9's reconstruction term); False gives
             the plain ELBO with the full posterior in every term.
+        template: what the registration head compares s̃_j with: ``"mean"`` = the group mean t (spec §9.2), or
+            ``"others"`` = the mean of the *other* images, t_{-j} = (N t − s̃_j)/(N − 1), so that image j's own map
+            cannot steer its field towards itself (our choice; the two agree for large N).
     """
 
     variant: str = "CD"
     dim: int = 2
-    channels: int = 6
+    channels: int = 4
     width: int = 16
     dilations: tuple[int, ...] = (1, 2, 4, 1)
     head_width: int = 16
     levels: tuple[int, ...] = (16, 8)
-    max_step_mm: float = 6.0
+    max_step_mm: float = 10.0
     svf_steps: int = 6
     inverse_iterations: int = 6
-    beta_z: float = 0.1
-    lam: float = 5.0
+    beta_z: float = 1.0
+    lam: float = 1.0
     cross_reconstruction: bool = True
+    template: str = "mean"
+    head_input: int = 2
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
         self.dilations = tuple(int(d) for d in self.dilations)
         self.levels = tuple(int(f) for f in self.levels)
+        if self.head_input < 1:
+            raise ValueError(f"head_input must be >= 1, got {self.head_input}")
+        if self.template not in ("mean", "others"):
+            raise ValueError(f"template must be 'mean' or 'others', got {self.template!r}")
         if not self.levels or any(f < 1 for f in self.levels):
             raise ValueError(f"levels must be positive downsampling factors, got {self.levels}")
 
@@ -256,7 +270,12 @@ class BIGRLite(nn.Module):
             disp = self.field_to_displacement(fld, spacing)
             warped = spatial.warp(maps, grid + disp, spacing, padding="border")
             template = warped.mean(0, keepdim=True)
-            inc = _upsample(head(_pool(warped, factor), _pool(template, factor)), shape)
+            if cfg.template == "others" and maps.shape[0] > 1:
+                n = maps.shape[0]
+                template = (n * template - warped) / (n - 1)  # [N, K, *S]: t_{-j}
+            hin = min(cfg.head_input, factor)
+            inc = head(_pool(warped, hin), _pool(template, hin))
+            inc = _upsample(_pool(inc, max(1, factor // hin)), shape)
             if cfg.diffeomorphic:
                 fld = fld + inc  # first-order composition in the log domain
             else:
@@ -266,7 +285,7 @@ class BIGRLite(nn.Module):
         return fld, history
 
     def forward(self, images: Tensor, spacing: tuple[float, ...], *, compute_elbo: bool = True,
-                sample: bool | None = None) -> BIGROutput:
+                sample: bool | None = None, geometry: bool = True) -> BIGROutput:
         """Register and reconstruct a group.
 
         Args:
@@ -274,6 +293,8 @@ class BIGRLite(nn.Module):
             spacing: d floats (mm).
             compute_elbo: also assemble the ELBO terms of eq. 9.
             sample: draw z by reparameterisation (P variants); default = ``self.training``.
+            geometry: run inference step #1; False fixes every φ_j = id (used to pre-train the encoder on natively
+                aligned groups, and to show what the anatomy model alone explains).
 
         Returns:
             :class:`BIGROutput`.
@@ -291,7 +312,10 @@ class BIGRLite(nn.Module):
         grid = spatial.identity_grid(shape, spacing, device=images.device, dtype=images.dtype)
 
         maps, logvar = self.represent(images)
-        fld, history = self.infer_geometry(maps, spacing)
+        if geometry:
+            fld, history = self.infer_geometry(maps, spacing)
+        else:
+            fld, history = maps.new_zeros((n, cfg.dim) + shape), []
         disp = self.field_to_displacement(fld, spacing)
         points = grid + disp
         inv_disp = self.field_to_displacement(fld, spacing, inverse=True)

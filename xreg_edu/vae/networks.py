@@ -85,7 +85,8 @@ class RegistrationHead(nn.Module):
     """Shared head ``R_ψ``: ``[s̃_j, t]`` -> increment of image j's velocity/displacement (mm).
 
     A small encoder–decoder (two 2× poolings) so that a 3×3 kernel sees a wide neighbourhood. The output is
-    ``max_step · tanh(·)`` mm per component, and the last layer is zero-initialised (identity at start).
+    ``max_step · tanh(·)`` mm per component, and the last layer is zero-initialised (identity at start). The group
+    mean of the raw output is subtracted before the bound (it would be removed by re-centring anyway).
 
     Args:
         dim: 2 or 3.
@@ -120,7 +121,8 @@ class RegistrationHead(nn.Module):
 
         Args:
             warped: ``[N, C, *S]`` representations already warped to the common space.
-            template: ``[1, C, *S]`` group-mean template (broadcast over N).
+            template: ``[1, C, *S]`` group-mean template (broadcast over N), or ``[N, C, *S]`` one template per
+                image (e.g. the mean of the other images).
 
         Returns:
             ``[N, d, *S]`` increment in mm (channel k <-> spatial axis k).
@@ -132,7 +134,11 @@ class RegistrationHead(nn.Module):
         h3 = act(self.enc3(self._pool(h2)), 0.1)
         g2 = act(self.dec2(torch.cat([self._up(h3, h2), h2], 1)), 0.1)
         g1 = act(self.dec1(torch.cat([self._up(g2, h1), h1], 1)), 0.1)
-        return self.max_step * torch.tanh(self.out(g1))
+        raw = self.out(g1)
+        # the part common to the whole group is removed by re-centring anyway; removing it *before* the bound
+        # keeps tanh out of saturation (a drifting common offset would otherwise silence the gradient)
+        raw = raw - raw.mean(0, keepdim=True)
+        return self.max_step * torch.tanh(raw)
 
 
 def count_parameters(module: nn.Module) -> int:
