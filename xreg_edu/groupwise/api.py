@@ -1,12 +1,12 @@
 """``register_group``: the public entry point of groupwise registration (X-CoReg and the baselines)."""
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
+from .._env import is_quick
 from .._checks import check_bins, check_classes, check_group, check_mask
 from ..group import ImageGroup
 from .loop import LoopOptions, Stage, run_stages
@@ -191,7 +191,7 @@ def register_group(images: Tensor | ImageGroup, method: str = "xcoreg", transfor
     for a in alphas:
         if not (isinstance(a, (int, float)) and a >= 0):
             raise ValueError(f"alpha must be >= 0, got {a!r}")
-    if os.environ.get("XREG_EDU_QUICK"):
+    if is_quick():
         iters = [max(10, int(i) // 4) for i in iters]
     for i in iters:
         if isinstance(i, bool) or not isinstance(i, int) or i < 1:

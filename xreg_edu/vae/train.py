@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
 import torch
 
+from .._env import is_quick
 from .data import MISALIGNMENT, GroupSampler, split_slices
 from .model import BIGRConfig, BIGRLite
 
@@ -42,7 +42,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 def quick_mode() -> bool:
     """True when the env var ``XREG_EDU_QUICK=1`` asks for shrunken iteration counts."""
-    return os.environ.get("XREG_EDU_QUICK", "0") not in ("", "0", "false", "False")
+    return is_quick()
 
 
 def train(config: BIGRConfig | None = None, *, dataset: str = "myops_cmr", steps: int = 600, lr: float = 3e-3,
