@@ -4,6 +4,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # lets test modules share helpers (e.g. real_slice)
 
 
@@ -15,3 +18,14 @@ def open_ms_file(modality: str, patient: str = "patient07") -> Path:
     if len(matches) != 1:
         raise FileNotFoundError(f"open_ms has no unique {patient}/{modality} file (found {matches})")
     return matches[0]
+
+
+@pytest.fixture
+def one_thread_full_budget(monkeypatch):
+    """Registration tests: full iteration budgets (known answers need them) and one thread (small tensors gain
+    nothing from two, and a busy shared CI machine makes OpenMP spin)."""
+    monkeypatch.delenv("XREG_EDU_QUICK", raising=False)
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -14,16 +14,9 @@ from xreg_edu.cli import main
 from xreg_edu.evaluate import group_registration_error
 from xreg_edu.simulate import misalign
 
+pytestmark = pytest.mark.usefixtures("one_thread_full_budget")
+
 AFFINE = np.array([[0.0, -2.0, 0.0, 90.0], [2.0, 0.0, 0.0, -120.0], [0.0, 0.0, 3.0, 12.5], [0.0, 0.0, 0.0, 1.0]])
-
-
-@pytest.fixture(autouse=True)
-def _threads(monkeypatch):
-    monkeypatch.delenv("XREG_EDU_QUICK", raising=False)      # known answers need their iteration budgets
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

@@ -18,17 +18,9 @@ from xreg_edu.groupwise import (GMM, XCoReg, GroupSample, RegistrationResult, e_
                                 register_group)
 from xreg_edu.simulate import misalign
 
+pytestmark = pytest.mark.usefixtures("one_thread_full_budget")
+
 RIGID = dict(max_angle_deg=15.0, max_translation_mm=12.0)
-
-
-@pytest.fixture(autouse=True)
-def _threads(monkeypatch):
-    """One thread: small tensors gain nothing from two, and a busy shared CI machine makes OpenMP spin."""
-    monkeypatch.delenv("XREG_EDU_QUICK", raising=False)      # known answers need their iteration budgets
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

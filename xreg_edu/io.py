@@ -7,13 +7,13 @@ array-axis order and each image's affine maps its tensor index to world mm, so r
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from ._files import atomic_path
 from .datasets.errors import GroupMismatchError, MissingFileError, UnreadableFileError
 
 __all__ = ["load_nifti_group", "save_nifti", "save_group", "load_group"]
@@ -105,14 +105,6 @@ def load_nifti_group(paths: Sequence[str | os.PathLike], *, labels: Sequence[str
                       labels=lab, affines=np.stack(affines), meta={"paths": [str(p) for p in paths]})
 
 
-def _atomic_target(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    return tmp
-
-
 def save_nifti(image, affine, path: str | os.PathLike) -> Path:
     """Write one image as NIfTI atomically (temporary file in the same folder, then ``os.replace``).
 
@@ -141,13 +133,8 @@ def save_nifti(image, affine, path: str | os.PathLike) -> Path:
     affine = np.eye(4) if affine is None else np.asarray(affine, dtype=float)
     if affine.shape != (4, 4):
         raise ValueError(f"affine must be 4x4, got {affine.shape}")
-    tmp = _atomic_target(path)
-    try:
+    with atomic_path(path) as tmp:
         nib.save(nib.Nifti1Image(arr, affine), tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 
@@ -158,13 +145,8 @@ def save_group(group, path: str | os.PathLike) -> Path:
                "labels": None if group.labels is None else group.labels.cpu(), "label_names": group.label_names,
                "affines": None if group.affines is None else torch.as_tensor(np.asarray(group.affines, float)),
                "meta": {k: v for k, v in group.meta.items() if not isinstance(v, torch.Tensor)}}
-    tmp = _atomic_target(path)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

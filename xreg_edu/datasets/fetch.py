@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .._files import atomic_path
 from .errors import (HashMismatchError, MissingFileError, NoNetworkError, TruncatedDownloadError)
 from .registry import RemoteFile, get_spec
 
@@ -77,15 +78,8 @@ def _embedded(rf: RemoteFile) -> Path | None:
 
 def _copy_verified(src: Path, dest: Path) -> None:
     """Copy ``src`` to ``dest`` through a temporary file in the destination folder and an atomic rename."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    os.close(fd)
-    try:
+    with atomic_path(dest) as tmp:
         shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _download(rf: RemoteFile, dest: Path, progressbar: bool) -> None:
