@@ -28,6 +28,7 @@ data: install
 
 book: data
 	XREG_EDU_STATIC=1 $(BIN)/jupyter-book build . -W -n --keep-going
+	$(BIN)/python -m pytest -q -rs tests/test_book_html.py
 	@echo "Website: _build/html/index.html"
 
 unit: install
