@@ -46,7 +46,7 @@ def timed_run(images, spacing, device, iterations, **kw):
 
     stamps = []
 
-    def cb(stage, it, transform, loss):
+    def cb(stage, it, transform, loss, state):
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         stamps.append(time.perf_counter())

@@ -72,7 +72,7 @@ def measure(method: str, images, spacing, device: str, budget: float, min_timed:
     stamps = []
     t_start = [None]
 
-    def cb(stage, it, transform, loss):
+    def cb(stage, it, transform, loss, state):
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         stamps.append(time.perf_counter())

@@ -148,7 +148,8 @@ def register_group(images: Tensor | ImageGroup, method: str = "xcoreg", transfor
             consecutive ``window``-iteration loss averages is below ``tol`` (checked every ``check_every`` its).
         decays: number of times the step size is halved at convergence before stopping (refinement).
         normalize: z-score every image first (the histogram methods are invariant; CG/GMM/CTE need it).
-        callback: optional ``f(stage, iteration, transform, loss)`` called after every step (e.g. for animations).
+        callback: optional ``f(stage, iteration, transform, loss, state)`` called after every step, ``state`` being
+            the objective's current outputs (X-CoReg: ``{"posterior": [K,*S], "prior": ...}``), e.g. for animations.
 
     Returns:
         :class:`~xreg_edu.groupwise.result.RegistrationResult`.

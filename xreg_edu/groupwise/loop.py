@@ -169,7 +169,7 @@ def run_stages(images: Tensor, spacing: tuple[float, ...], transform, objective:
             hist_buf[it] = loss.detach()
             count = it + 1
             if options.callback is not None:
-                options.callback(si, it, transform, loss.detach())
+                options.callback(si, it, transform, loss.detach(), objective.state())
             if bar is not None:
                 bar.update(1)
             if count >= options.min_iterations and count % options.check_every == 0 \
