@@ -24,9 +24,10 @@ from torch.autograd.function import once_differentiable
 from ._checks import check_bins
 
 __all__ = [
-    "EPS", "PADDING", "bspline_kernel", "bin_coordinates", "parzen_weights", "dense_weights", "histogram",
-    "joint_histogram", "class_histogram", "nd_histogram", "dense_joint_histogram", "entropy", "kde_entropy",
-    "silverman_bandwidth", "sample_indices", "bin_lookup", "class_log_likelihood",
+    "EPS", "PADDING", "bspline_kernel", "bspline_taps", "bspline_tap_derivatives", "bin_coordinates",
+    "parzen_weights", "dense_weights", "histogram", "joint_histogram", "class_histogram", "nd_histogram",
+    "dense_joint_histogram", "entropy", "kde_entropy", "silverman_bandwidth", "sample_indices", "bin_lookup",
+    "class_log_likelihood",
 ]
 
 EPS = 1e-8        #: clamp inside log and on the bin width (official value)
@@ -87,7 +88,7 @@ def bin_coordinates(values: Tensor, bins: int, *, lo=None, hi=None, padding: int
     return s, lo_t, width
 
 
-def _poly(t: Tensor) -> Tensor:
+def bspline_taps(t: Tensor) -> Tensor:
     """Cubic B-spline tap weights for fractional offsets ``t`` in [0, 1]: ``[..., 4]`` (bins f-1, f, f+1, f+2)."""
     t2 = t * t
     t3 = t2 * t
@@ -98,8 +99,8 @@ def _poly(t: Tensor) -> Tensor:
                         t3 / 6.0), dim=-1)                             # β(t - 2)
 
 
-def _dpoly(t: Tensor) -> Tensor:
-    """d/dt of :func:`_poly`: ``[..., 4]``."""
+def bspline_tap_derivatives(t: Tensor) -> Tensor:
+    """d/dt of :func:`bspline_taps` (``t = s - floor(s)``, so also d/ds): ``[..., 4]``."""
     t2 = t * t
     omt = 1.0 - t
     return torch.stack((-0.5 * omt * omt, 1.5 * t2 - 2.0 * t, -1.5 * t2 + t + 0.5, 0.5 * t2), dim=-1)
@@ -116,7 +117,7 @@ def _taps(s: Tensor, bins: int, padding: int = PADDING) -> tuple[Tensor, Tensor]
 
     Differentiable through autograd (dt/ds = 1, the floor is piecewise constant)."""
     first, t = _split(s, bins, padding)
-    return first, _poly(t)
+    return first, bspline_taps(t)
 
 
 def parzen_weights(values: Tensor, bins: int, *, lo=None, hi=None, padding: int = PADDING
@@ -193,7 +194,7 @@ class _ClassHistogram(torch.autograd.Function):
         nb = bins + 2 * PADDING
         first, t = _split(s, bins)
         rows = (first + (torch.arange(N, device=s.device) * nb).unsqueeze(1)).reshape(-1)
-        src = post.unsqueeze(0).unsqueeze(-1) * _poly(t).unsqueeze(2)      # [N, M, K, 4]
+        src = post.unsqueeze(0).unsqueeze(-1) * bspline_taps(t).unsqueeze(2)      # [N, M, K, 4]
         G = s.new_zeros(N * nb, K, 4).index_add_(0, rows, src.reshape(N * M, K, 4))
         ctx.save_for_backward(rows, t, post)
         ctx.nb = nb
@@ -212,9 +213,9 @@ class _ClassHistogram(torch.autograd.Function):
         grad_s = grad_post = None
         if ctx.needs_input_grad[0]:
             gw = (gr * post.unsqueeze(0).unsqueeze(-1)).sum(2)                # [N, M, 4]
-            grad_s = (gw * _dpoly(t)).sum(-1)
+            grad_s = (gw * bspline_tap_derivatives(t)).sum(-1)
         if ctx.needs_input_grad[1]:
-            grad_post = (gr * _poly(t).unsqueeze(2)).sum((0, 3))
+            grad_post = (gr * bspline_taps(t).unsqueeze(2)).sum((0, 3))
         return grad_s, grad_post, None
 
 
@@ -227,7 +228,7 @@ class _JointHistogram(torch.autograd.Function):
         nb = bins + 2 * PADDING
         fx, tx = _split(sx, bins)
         fy, ty = _split(sy, bins)
-        w = _poly(tx).unsqueeze(-1) * _poly(ty).unsqueeze(-2)                # [P, M, 4, 4]
+        w = bspline_taps(tx).unsqueeze(-1) * bspline_taps(ty).unsqueeze(-2)                # [P, M, 4, 4]
         if wm is not None:
             w = w * wm.unsqueeze(-1).unsqueeze(-1)
         rows = (fx * nb + fy + (torch.arange(P, device=sx.device) * (nb * nb)).unsqueeze(1)).reshape(-1)
@@ -245,16 +246,16 @@ class _JointHistogram(torch.autograd.Function):
         g = torch.nn.functional.pad(grad_h, (0, 3, 0, 3))                   # [P, nb+3, nb+3]
         win = g.unfold(1, 4, 1).unfold(2, 4, 1).reshape(P * nb * nb, 16)      # win[p,i,j,a,b] = g[p, i+a, j+b]
         gr = win.index_select(0, rows).reshape(P, M, 4, 4)
-        wx, wy = _poly(tx), _poly(ty)
+        wx, wy = bspline_taps(tx), bspline_taps(ty)
         grad_sx = grad_sy = grad_wm = None
         if ctx.needs_input_grad[2] and wm is not None:
             grad_wm = (gr * (wx.unsqueeze(-1) * wy.unsqueeze(-2))).sum((-1, -2))
         if wm is not None:
             gr = gr * wm.unsqueeze(-1).unsqueeze(-1)
         if ctx.needs_input_grad[0]:
-            grad_sx = ((gr * wy.unsqueeze(-2)).sum(-1) * _dpoly(tx)).sum(-1)
+            grad_sx = ((gr * wy.unsqueeze(-2)).sum(-1) * bspline_tap_derivatives(tx)).sum(-1)
         if ctx.needs_input_grad[1]:
-            grad_sy = ((gr * wx.unsqueeze(-1)).sum(-2) * _dpoly(ty)).sum(-1)
+            grad_sy = ((gr * wx.unsqueeze(-1)).sum(-2) * bspline_tap_derivatives(ty)).sum(-1)
         return grad_sx, grad_sy, grad_wm, None
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..density import bspline_tap_derivatives, bspline_taps
+
 PAD = 2          # kernel radius r in bins (sigma = 1)
 EPS = 1e-8       # probability floor inside logarithms
 
@@ -52,18 +54,7 @@ def spline_weights(values: Tensor, lo: Tensor, width: Tensor, bins: int) -> tupl
     """
     s = bin_position(values, lo, width)
     i0 = s.detach().floor().clamp(PAD, bins + PAD - 1)
-    t = s - i0
-    t2 = t * t
-    t3 = t2 * t
-    one_t = 1.0 - t
-    w = torch.stack(
-        (one_t * one_t * one_t / 6.0,
-         0.5 * t3 - t2 + 2.0 / 3.0,
-         -0.5 * t3 + 0.5 * t2 + 0.5 * t + 1.0 / 6.0,
-         t3 / 6.0),
-        dim=-1,
-    )
-    return i0.long() - 1, w
+    return i0.long() - 1, bspline_taps(s - i0)
 
 
 def nearest_bin(values: Tensor, lo: Tensor, width: Tensor, bins: int) -> Tensor:
@@ -74,22 +65,6 @@ def nearest_bin(values: Tensor, lo: Tensor, width: Tensor, bins: int) -> Tensor:
     """
     s = bin_position(values.detach(), lo, width)
     return s.round().clamp(0, bins + 2 * PAD - 1).long()
-
-
-def _taps(t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Cubic B-spline weights of the 4 bins ``first .. first+3`` at fractional position ``t`` in [0, 1]."""
-    t2 = t * t
-    t3 = t2 * t
-    one_t = 1.0 - t
-    return (one_t * one_t * one_t / 6.0, 0.5 * t3 - t2 + 2.0 / 3.0,
-            -0.5 * t3 + 0.5 * t2 + 0.5 * t + 1.0 / 6.0, t3 / 6.0)
-
-
-def _tap_derivatives(t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """d/ds of the 4 tap weights (``t = s - floor(s)``, so d/dt = d/ds)."""
-    t2 = t * t
-    one_t = 1.0 - t
-    return (-0.5 * one_t * one_t, 1.5 * t2 - 2.0 * t, -1.5 * t2 + t + 0.5, 0.5 * t2)
 
 
 class _ClassHistogram(torch.autograd.Function):
@@ -103,7 +78,7 @@ class _ClassHistogram(torch.autograd.Function):
         t = s - f
         first = f.long() - 1                                   # [N, M]
         out = s.new_zeros(n, k, bins + 2 * PAD)
-        for tap, w in enumerate(_taps(t)):
+        for tap, w in enumerate(bspline_taps(t).unbind(-1)):
             out.scatter_add_(2, (first + tap)[:, None, :].expand(n, k, m), w[:, None, :] * posterior[None])
         ctx.save_for_backward(first, t, posterior)
         return out
@@ -120,7 +95,7 @@ class _ClassHistogram(torch.autograd.Function):
         table = grad_out.transpose(1, 2).reshape(n * nb, k)
         offs = torch.arange(n, device=first.device)[:, None] * nb
         bags = ((first + offs)[:, :, None] + torch.arange(4, device=first.device)).reshape(n * m, 4)
-        dw = torch.stack(_tap_derivatives(t), dim=-1).reshape(n * m, 4).to(table.dtype)
+        dw = bspline_tap_derivatives(t).reshape(n * m, 4).to(table.dtype)
         q = torch.nn.functional.embedding_bag(bags, table, mode="sum", per_sample_weights=dw)    # [N*M, K]
         grad_s = (q.view(n, m, k) * posterior.t()[None]).sum(-1)
         return grad_s, None, None
