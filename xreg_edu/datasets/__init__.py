@@ -18,7 +18,7 @@ from .fetch import data_dir, fetch, fetch_file, mirror_dir
 
 _LAZY = {
     "list_datasets": "loaders", "load_dataset": "loaders",
-    "dataset_card": "cards", "DatasetCard": "cards", "render_cards": "cards",
+    "dataset_card": "cards", "render_cards": "cards",
     "get_spec": "registry", "REGISTRY": "registry",
 }
 

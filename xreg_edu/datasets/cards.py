@@ -4,58 +4,27 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from .registry import REGISTRY, DatasetSpec, get_spec
 
-from .registry import REGISTRY, get_spec
-
-__all__ = ["DatasetCard", "dataset_card", "render_card", "render_cards"]
+__all__ = ["dataset_card", "render_card", "render_cards"]
 
 
-@dataclass(frozen=True)
-class DatasetCard:
-    """The reader's view of one dataset (rendered in the book)."""
-
-    name: str
-    title: str
-    description: str
-    source: str
-    upstream: str
-    licence: str
-    citation: str
-    use: str
-    modalities: tuple[str, ...]
-    subjects: tuple[str, ...]
-    labels: dict[int, str] | None
-    default_group: str
-    simulated: tuple[str, ...]
-    num_files: int
-    size_bytes: int
-    example_url: str
-    notes: str
-    dims: tuple[int, ...]
-
-
-def dataset_card(name: str) -> DatasetCard:
-    """The :class:`DatasetCard` of a registered dataset (raises UnknownDatasetError listing valid names)."""
-    s = get_spec(name)
-    return DatasetCard(name=s.name, title=s.title, description=s.description, source=s.source, upstream=s.upstream,
-                       licence=s.licence, citation=s.citation, use=s.use, modalities=s.modalities,
-                       subjects=s.subjects, labels=s.label_names, default_group=s.default_group,
-                       simulated=s.simulated, num_files=len(s.files), size_bytes=s.size,
-                       example_url=s.files[0].url, notes=s.notes, dims=s.dims)
+def dataset_card(name: str) -> DatasetSpec:
+    """The card of a registered dataset: its :class:`DatasetSpec` (raises UnknownDatasetError listing valid names)."""
+    return get_spec(name)
 
 
 def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
-def render_card(card: DatasetCard) -> str:
+def render_card(card: DatasetSpec) -> str:
     """Markdown of one card."""
-    if card.labels and len(card.labels) > 12:
-        labels = f"{len(card.labels) - 1} structures (FreeSurfer aseg IDs, e.g. " + ", ".join(
-            f"{k} {v}" for k, v in list(card.labels.items())[1:6]) + ", ...)"
-    elif card.labels:
-        labels = ", ".join(f"{k} = {v}" for k, v in card.labels.items())
+    if card.label_names and len(card.label_names) > 12:
+        labels = f"{len(card.label_names) - 1} structures (FreeSurfer aseg IDs, e.g. " + ", ".join(
+            f"{k} {v}" for k, v in list(card.label_names.items())[1:6]) + ", ...)"
+    elif card.label_names:
+        labels = ", ".join(f"{k} = {v}" for k, v in card.label_names.items())
     else:
         labels = "none"
     modalities = ", ".join(f"{m} (simulated)" if m in card.simulated else m for m in card.modalities)
@@ -71,7 +40,7 @@ def render_card(card: DatasetCard) -> str:
         f"- **Subjects:** {subjects}",
         f"- **Labels:** {labels}",
         f"- **Used for:** {card.use}",
-        f"- **Source (pinned):** {card.source}; {card.num_files} files, {_mb(card.size_bytes)}; "
+        f"- **Source (pinned):** {card.source}; {card.num_files} files, {_mb(card.size)}; "
         f"e.g. <{card.example_url}>",
         f"- **Upstream / full data:** {card.upstream}",
         f"- **Licence / terms:** {card.licence}",
@@ -114,7 +83,7 @@ def render_cards() -> str:
     for name in REGISTRY:
         c = dataset_card(name)
         lic = c.licence.split(";")[0].split(". ")[0]
-        labels = "per slice (meta)" if name == "cine_cmr" else ("yes" if c.labels else "no")
+        labels = "per slice (meta)" if name == "cine_cmr" else ("yes" if c.label_names else "no")
         head.append(f"| `{name}` | {_first_clause(c.default_group)} | {labels} | {lic} |")
     head.append("")
     return "\n".join(head) + "\n" + "\n".join(render_card(dataset_card(n)) for n in REGISTRY)

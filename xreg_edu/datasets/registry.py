@@ -33,7 +33,7 @@ class RemoteFile:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """Everything known about one dataset (see :func:`xreg_edu.datasets.dataset_card` for the reader's view)."""
+    """Everything known about one dataset; also its card in the book (:func:`xreg_edu.datasets.dataset_card`)."""
 
     name: str
     title: str
@@ -57,6 +57,15 @@ class DatasetSpec:
     def size(self) -> int:
         """Total size of the dataset's files in bytes."""
         return sum(f.size for f in self.files)
+
+    @property
+    def num_files(self) -> int:
+        return len(self.files)
+
+    @property
+    def example_url(self) -> str:
+        """The pinned public URL of the first file (shown on the card)."""
+        return self.files[0].url
 
 
 # sha256, size in bytes, path relative to the data folder (identical to shared/data/SOURCES.md).
