@@ -185,7 +185,10 @@ def _shift_add(G: Tensor, dims: int) -> Tensor:
 
 
 class _ClassHistogram(torch.autograd.Function):
-    """h[n, k, b] = Σ_m γ[m, k] β(s[n, m] - b): fused forward (index_add) and analytic backward."""
+    """h[n, k, b] = Σ_m γ[m, k] β(s[n, m] - b): 4 scatter passes forward, fused 4-tap gathers backward.
+
+    The backward gathers the 4 taps of every sample with one ``embedding_bag`` (weighted by the tap derivatives)
+    instead of building the [N, M, K, 4] product: the registration hot path (X-CoReg) runs through here."""
 
     @staticmethod
     def forward(ctx, s, post, bins):
@@ -193,29 +196,35 @@ class _ClassHistogram(torch.autograd.Function):
         K = post.shape[1]
         nb = bins + 2 * PADDING
         first, t = _split(s, bins)
-        rows = (first + (torch.arange(N, device=s.device) * nb).unsqueeze(1)).reshape(-1)
-        src = post.unsqueeze(0).unsqueeze(-1) * bspline_taps(t).unsqueeze(2)      # [N, M, K, 4]
-        G = s.new_zeros(N * nb, K, 4).index_add_(0, rows, src.reshape(N * M, K, 4))
-        ctx.save_for_backward(rows, t, post)
+        pk = post.t()
+        out = s.new_zeros(N, K, nb)
+        for tap, w in enumerate(bspline_taps(t).unbind(-1)):
+            out.scatter_add_(2, (first + tap).unsqueeze(1).expand(N, K, M), w.unsqueeze(1) * pk.unsqueeze(0))
+        ctx.save_for_backward(first, t, post)
         ctx.nb = nb
-        return _shift_add(G.reshape(N, nb, K, 4), 1).transpose(1, 2)       # [N, K, nb]
+        return out                                                         # [N, K, nb]
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_h):
-        rows, t, post = ctx.saved_tensors
-        N, M = t.shape
+        first, t, post = ctx.saved_tensors
+        N, M = first.shape
         K = post.shape[1]
         nb = ctx.nb
-        g = torch.nn.functional.pad(grad_h.transpose(1, 2), (0, 0, 0, 3))  # [N, nb+3, K]
-        win = g.unfold(1, 4, 1).reshape(N * nb, K * 4)                      # win[n, j, k, t] = g[n, j+t, k]
-        gr = win.index_select(0, rows).reshape(N, M, K, 4)
+        table = grad_h.transpose(1, 2).reshape(N * nb, K)                  # row n*nb + b = dL/dh[n, :, b]
+        offs = torch.arange(N, device=first.device).unsqueeze(1) * nb
+        bags = ((first + offs).unsqueeze(-1) + torch.arange(4, device=first.device)).reshape(N * M, 4)
+
+        def gather(weights):                                               # Σ_t weights[n, m, t] dL/dh[n, :, first + t]
+            q = torch.nn.functional.embedding_bag(bags, table, mode="sum",
+                                                  per_sample_weights=weights.reshape(N * M, 4).to(table.dtype))
+            return q.view(N, M, K)
+
         grad_s = grad_post = None
         if ctx.needs_input_grad[0]:
-            gw = (gr * post.unsqueeze(0).unsqueeze(-1)).sum(2)                # [N, M, 4]
-            grad_s = (gw * bspline_tap_derivatives(t)).sum(-1)
+            grad_s = (gather(bspline_tap_derivatives(t)) * post.unsqueeze(0)).sum(-1)
         if ctx.needs_input_grad[1]:
-            grad_post = (gr * bspline_taps(t).unsqueeze(2)).sum((0, 3))
+            grad_post = gather(bspline_taps(t)).sum(0)
         return grad_s, grad_post, None
 
 

@@ -78,7 +78,7 @@ def class_pmfs(sample_values: Tensor, sample_posterior: Tensor, bins: int) -> tu
         (``pmf [N, K, L + 4]``, ``lo [N]``, ``width [N]``) - the bin geometry for the lookup.
     """
     lo, width = H.bin_geometry(sample_values, bins)
-    hist = H.class_histogram(sample_values, lo, width, sample_posterior, bins)
+    hist = H.class_histogram(sample_values, sample_posterior, bins)
     return hist / hist.sum(dim=2, keepdim=True).clamp_min(H.EPS), lo, width
 
 

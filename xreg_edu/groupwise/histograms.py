@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..density import bspline_tap_derivatives, bspline_taps
+from ..density import bspline_taps
+from ..density import class_histogram as density_class_histogram
 
 PAD = 2          # kernel radius r in bins (sigma = 1)
 EPS = 1e-8       # probability floor inside logarithms
@@ -67,57 +68,21 @@ def nearest_bin(values: Tensor, lo: Tensor, width: Tensor, bins: int) -> Tensor:
     return s.round().clamp(0, bins + 2 * PAD - 1).long()
 
 
-class _ClassHistogram(torch.autograd.Function):
-    """Fused posterior-weighted B-spline class histogram with an analytic backward (no autograd graph of the taps)."""
-
-    @staticmethod
-    def forward(ctx, s: Tensor, posterior: Tensor, bins: int) -> Tensor:
-        n, m = s.shape
-        k = posterior.shape[0]
-        f = s.floor().clamp_(PAD, bins + PAD - 1)
-        t = s - f
-        first = f.long() - 1                                   # [N, M]
-        out = s.new_zeros(n, k, bins + 2 * PAD)
-        for tap, w in enumerate(bspline_taps(t).unbind(-1)):
-            out.scatter_add_(2, (first + tap)[:, None, :].expand(n, k, m), w[:, None, :] * posterior[None])
-        ctx.save_for_backward(first, t, posterior)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        first, t, posterior = ctx.saved_tensors
-        if not ctx.needs_input_grad[0]:
-            return None, None, None
-        n, m = first.shape
-        k, nb = grad_out.shape[1], grad_out.shape[2]
-        # d loss / d s[j, x] = sum_t beta'_t(s) sum_k gamma[k, x] G[j, k, first + t]: one fused gather-and-weight
-        # pass (embedding_bag over the 4 taps of every sample) instead of 4 gathers of [N, K, M]
-        table = grad_out.transpose(1, 2).reshape(n * nb, k)
-        offs = torch.arange(n, device=first.device)[:, None] * nb
-        bags = ((first + offs)[:, :, None] + torch.arange(4, device=first.device)).reshape(n * m, 4)
-        dw = bspline_tap_derivatives(t).reshape(n * m, 4).to(table.dtype)
-        q = torch.nn.functional.embedding_bag(bags, table, mode="sum", per_sample_weights=dw)    # [N*M, K]
-        grad_s = (q.view(n, m, k) * posterior.t()[None]).sum(-1)
-        return grad_s, None, None
-
-
-def class_histogram(values: Tensor, lo: Tensor, width: Tensor, posterior: Tensor, bins: int) -> Tensor:
+def class_histogram(values: Tensor, posterior: Tensor, bins: int) -> Tensor:
     """Posterior-weighted class histograms ``h[j, k, b] = sum_x gamma[k, x] beta(s_j(x) - b)`` for all images.
 
-    Fused forward (4 ``scatter_add`` passes of N K M) and analytic backward (4 gathers), differentiable w.r.t.
-    ``values`` only (the posterior is a fixed weight, spec §3.2). Cost O(4 N K M).
+    :func:`xreg_edu.density.class_histogram` (same data-driven, detached bin range as :func:`bin_geometry`),
+    differentiable w.r.t. ``values`` only: the posterior is a fixed weight (spec §3.2). Cost O(4 N K M).
 
     Args:
         values: ``[N, M]`` intensities of the sampled voxels.
-        lo, width: ``[N]`` detached bin geometry (:func:`bin_geometry`).
         posterior: ``[K, M]`` class weights of the same voxels (treated as constant).
         bins: L.
 
     Returns:
         ``[N, K, L + 4]`` unnormalised histograms.
     """
-    s = bin_position(values, lo, width)
-    return _ClassHistogram.apply(s, posterior.detach().contiguous(), bins)
+    return density_class_histogram(values, posterior.detach().t(), bins)
 
 
 def hard_class_histogram(index: Tensor, posterior: Tensor, bins: int) -> Tensor:

@@ -119,7 +119,7 @@ class XCoReg(GroupObjective):
         if self.estep_histogram == "hard":
             hist = H.hard_class_histogram(H.nearest_bin(sample_values, lo, width, self.bins), g, self.bins)
         else:
-            hist = H.class_histogram(sample_values, lo, width, g, self.bins)
+            hist = H.class_histogram(sample_values, g, self.bins)
         pmf = hist / hist.sum(dim=2, keepdim=True).clamp_min(H.EPS)
         return estep.lookup_log_likelihood(pmf, values, lo, width, self.bins, lookup=self.lookup)
 
@@ -138,12 +138,11 @@ class XCoReg(GroupObjective):
         for _ in range(sweeps):
             self._e_step(sample.values.detach(), sv, sample.index, geometry)
 
-    def metric_terms(self, sample: GroupSample, geometry=None) -> Tensor:
+    def metric_terms(self, sample: GroupSample) -> Tensor:
         """``[N]`` per-image ``I(U_j; Z)`` with the posterior as (detached) Z (differentiable in the warp)."""
         sv = sample.sampled()
-        lo, width = geometry if geometry is not None else H.bin_geometry(sv, self.bins)
         g = self.gamma.index_select(1, sample.index)
-        return H.x_metric_terms(H.class_histogram(sv, lo, width, g, self.bins))
+        return H.x_metric_terms(H.class_histogram(sv, g, self.bins))
 
     def loss(self, sample: GroupSample) -> Tensor:
         return -self.metric_terms(sample).sum()
@@ -158,7 +157,7 @@ class XCoReg(GroupObjective):
             for _ in range(sweeps):
                 self._e_step(sample.values.detach(), sv.detach(), sample.index, geometry)
         g = self.gamma.index_select(1, sample.index)
-        return -H.x_metric_terms(H.class_histogram(sv, geometry[0], geometry[1], g, self.bins)).sum()
+        return -H.x_metric_terms(H.class_histogram(sv, g, self.bins)).sum()
 
     def state(self) -> dict:
         k = self.num_classes
