@@ -137,9 +137,10 @@ def test_bin_lookup_consistent_with_parzen_window():
     L = 32
     s, lo, width = D.bin_coordinates(x, L)
     b = D.bin_lookup(x, lo, width, L)
-    assert torch.equal(b, s.floor().long().clamp(0, L + 3))
-    index, _ = D.parzen_weights(x, L)
-    assert torch.equal(index[..., 1], b.clamp(2, L + 1))        # the nearest bin is the 2nd tap
+    assert torch.equal(b, s.round().long().clamp(0, L + 3))
+    index, weight = D.parzen_weights(x, L)
+    heaviest = index.gather(-1, weight.argmax(-1, keepdim=True)).squeeze(-1)
+    assert torch.equal(b, heaviest)                              # the nearest bin is the tap of largest weight
     far = D.bin_lookup(torch.tensor([[-1e3, 1e3]], dtype=torch.float64), lo[:1], width[:1], L)
     assert far.tolist() == [[0, L + 3]]
 

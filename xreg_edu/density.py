@@ -482,7 +482,10 @@ def sample_indices(mask: Tensor | None, rate: float = 1.0, generator: torch.Gene
 @torch.no_grad()
 def bin_lookup(values: Tensor, lo: Tensor | float, width: Tensor | float, bins: int,
                padding: int = PADDING) -> Tensor:
-    """Hard nearest-bin index ``clamp(⌊(u - lo)/Δ⌋ + r, 0, L + 2r - 1)`` (E-step only: no gradient).
+    """Hard nearest-bin index ``clamp(round((u - lo)/Δ) + r, 0, L + 2r - 1)`` (E-step only: no gradient).
+
+    The bin whose B-spline weight is largest, i.e. where the Parzen histogram puts most of the sample's mass.
+    (The official code floors, METHODS §3.3, which is off by one bin whenever the fractional part exceeds 1/2.)
 
     Args:
         values: ``[..., V]`` float.
@@ -490,7 +493,7 @@ def bin_lookup(values: Tensor, lo: Tensor | float, width: Tensor | float, bins: 
     Returns:
         ``[..., V]`` long.
     """
-    b = torch.floor((values - lo) / width).long() + padding
+    b = torch.round((values - lo) / width).long() + padding
     return b.clamp(0, bins + 2 * padding - 1)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..density import bspline_taps
+from ..density import bin_lookup, bspline_taps
 from ..density import class_histogram as density_class_histogram
 
 PAD = 2          # kernel radius r in bins (sigma = 1)
@@ -59,13 +59,12 @@ def spline_weights(values: Tensor, lo: Tensor, width: Tensor, bins: int) -> tupl
 
 
 def nearest_bin(values: Tensor, lo: Tensor, width: Tensor, bins: int) -> Tensor:
-    """Hard nearest-bin index ``round(s)`` clamped to ``0..L+3`` (E-step lookup only; not differentiable).
+    """Hard nearest-bin index (:func:`xreg_edu.density.bin_lookup`) with this module's per-image geometry.
 
     Args:
         values: ``[N, P]``; lo, width: ``[N]``. Returns ``[N, P] long``.
     """
-    s = bin_position(values.detach(), lo, width)
-    return s.round().clamp(0, bins + 2 * PAD - 1).long()
+    return bin_lookup(values.detach(), lo[:, None], width[:, None], bins)
 
 
 def class_histogram(values: Tensor, posterior: Tensor, bins: int) -> Tensor:
