@@ -26,7 +26,7 @@ from ._checks import check_bins
 __all__ = [
     "EPS", "PADDING", "bspline_kernel", "bspline_taps", "bspline_tap_derivatives", "bin_coordinates",
     "parzen_weights", "dense_weights", "histogram", "joint_histogram", "class_histogram", "nd_histogram",
-    "dense_joint_histogram", "entropy", "kde_entropy", "silverman_bandwidth", "sample_indices", "bin_lookup",
+    "dense_joint_histogram", "entropy", "class_entropies", "kde_entropy", "silverman_bandwidth", "sample_indices", "bin_lookup",
     "class_log_likelihood",
 ]
 
@@ -400,6 +400,14 @@ def entropy(p: Tensor, dim=None) -> Tensor:
     total = p.sum(dim=dim, keepdim=True)
     q = p / total.clamp_min(torch.finfo(p.dtype).tiny)
     return -(q * q.clamp_min(EPS).log()).sum(dim=dim)
+
+
+def class_entropies(hist: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(H(U_j), H(Z), H(U_j, Z))``, each ``[N]`` (nats), from γ-weighted class histograms ``hist [N, K, B]``.
+
+    ``I(U_j; Z) = H(U_j) + H(Z) - H(U_j, Z)`` is one X-metric term (eq. 5)."""
+    p = hist / hist.sum((1, 2), keepdim=True).clamp_min(torch.finfo(hist.dtype).tiny)
+    return entropy(p.sum(1), dim=1), entropy(p.sum(2), dim=1), entropy(p, dim=(1, 2))
 
 
 def silverman_bandwidth(num_samples: int, dim: int) -> float:

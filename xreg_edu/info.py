@@ -251,13 +251,6 @@ def total_correlation(images: Tensor, method: str = "histogram", bins: int = 16,
 
 
 # --------------------------------------------------------------------------------------------- eq. 3-5
-def _class_entropies(values: Tensor, post: Tensor, bins: int):
-    """-> (H(U_j) [N], H(Z) [N], H(U_j, Z) [N]) from the γ-weighted class histograms [N, K, L+4]."""
-    h = D.class_histogram(values, post, bins)
-    p = h / h.sum((1, 2), keepdim=True).clamp_min(torch.finfo(h.dtype).tiny)
-    return D.entropy(p.sum(1), dim=1), D.entropy(p.sum(2), dim=1), D.entropy(p, dim=(1, 2))
-
-
 def posterior_information(images: Tensor, posterior: Tensor, bins: int = 16, mask=None) -> Tensor:
     """I(U; Z) = H(U) - Σ_j H(U_j | Z) (eq. 3-4, conditional independence given Z), nats.
 
@@ -280,7 +273,7 @@ def posterior_information(images: Tensor, posterior: Tensor, bins: int = 16, mas
                          f"got N = {images.shape[0]}. Use x_metric (which does not need H(U)).")
     values, post = _group_and_posterior(images, posterior, bins, mask, 1.0, None, True)
     h = D.nd_histogram(values, bins)
-    _, hz, huz = _class_entropies(values, post, bins)
+    _, hz, huz = D.class_entropies(D.class_histogram(values, post, bins))
     return D.entropy(h) - (huz - hz).sum()
 
 
@@ -303,7 +296,7 @@ def x_metric_terms(images: Tensor, posterior: Tensor, bins: int = 32, mask=None,
         ``[N]`` tensor, nats.
     """
     values, post = _group_and_posterior(images, posterior, bins, mask, sample_rate, generator, validate)
-    hu, hz, huz = _class_entropies(values, post, bins)
+    hu, hz, huz = D.class_entropies(D.class_histogram(values, post, bins))
     return hu + hz - huz
 
 
@@ -369,8 +362,8 @@ def x_objective(images: Tensor, posterior: Tensor, prior=None, *, appearance: st
     N, M = values.shape
     K = post.shape[1]
     h = D.class_histogram(values, post, bins)                            # [N, K, B]
-    p = h / h.sum((1, 2), keepdim=True).clamp_min(torch.finfo(h.dtype).tiny)
-    terms = D.entropy(p.sum(1), dim=1) + D.entropy(p.sum(2), dim=1) - D.entropy(p, dim=(1, 2))
+    hu, hz, huz = D.class_entropies(h)
+    terms = hu + hz - huz
     xm = terms.sum()
     pi = _prior_samples(prior, post, images, idx)
     log_pi = pi.clamp_min(D.EPS).log()                                   # [M|1, K]

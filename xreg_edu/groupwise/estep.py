@@ -11,6 +11,7 @@ import math
 import torch
 from torch import Tensor
 
+from ..density import EPS
 from . import histograms as H
 
 
@@ -79,7 +80,7 @@ def class_pmfs(sample_values: Tensor, sample_posterior: Tensor, bins: int) -> tu
     """
     lo, width = H.bin_geometry(sample_values, bins)
     hist = H.class_histogram(sample_values, sample_posterior, bins)
-    return hist / hist.sum(dim=2, keepdim=True).clamp_min(H.EPS), lo, width
+    return hist / hist.sum(dim=2, keepdim=True).clamp_min(EPS), lo, width
 
 
 def lookup_log_likelihood(pmf: Tensor, values: Tensor, lo: Tensor, width: Tensor, bins: int, *,
@@ -93,14 +94,14 @@ def lookup_log_likelihood(pmf: Tensor, values: Tensor, lo: Tensor, width: Tensor
     k = pmf.shape[1]
     if lookup == "hard":
         idx = H.nearest_bin(values, lo, width, bins)
-        return torch.gather(pmf.clamp_min(H.EPS).log(), 2, idx[:, None, :].expand(n, k, p))
+        return torch.gather(pmf.clamp_min(EPS).log(), 2, idx[:, None, :].expand(n, k, p))
     if lookup == "spline":
         first, w = H.spline_weights(values.detach(), lo, width, bins)
         out = None
         for tap in range(4):
             term = torch.gather(pmf, 2, (first + tap)[:, None, :].expand(n, k, p)) * w[:, None, :, tap]
             out = term if out is None else out + term
-        return out.clamp_min(H.EPS).log()
+        return out.clamp_min(EPS).log()
     raise ValueError(f"lookup must be 'hard' or 'spline', got {lookup!r}")
 
 
@@ -137,7 +138,7 @@ def gaussian_log_likelihood(values: Tensor, sample_values: Tensor, sample_poster
     Returns:
         ``[N, K, P]``.
     """
-    weight = sample_posterior / sample_posterior.sum(1, keepdim=True).clamp_min(H.EPS)   # [K, M]
+    weight = sample_posterior / sample_posterior.sum(1, keepdim=True).clamp_min(EPS)   # [K, M]
     mu = sample_values @ weight.t()                                                      # [N, K]
     ex2 = (sample_values * sample_values) @ weight.t()
     var = (ex2 - mu * mu).clamp_min(0.0)

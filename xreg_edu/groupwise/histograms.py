@@ -10,12 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..density import bin_lookup, bspline_taps
+from ..density import PADDING, bin_lookup, bspline_taps, entropy
 from ..density import class_histogram as density_class_histogram
-
-PAD = 2          # kernel radius r in bins (sigma = 1)
-EPS = 1e-8       # probability floor inside logarithms
-
 
 def bin_geometry(values: Tensor, bins: int) -> tuple[Tensor, Tensor]:
     """Per-image bin origin and width from the sampled intensities (detached).
@@ -40,7 +36,7 @@ def bin_position(values: Tensor, lo: Tensor, width: Tensor) -> Tensor:
     Args:
         values: ``[N, M]``; lo, width: ``[N]``. Returns ``[N, M]`` (differentiable in ``values``).
     """
-    return (values - lo[:, None]) / width[:, None] + PAD
+    return (values - lo[:, None]) / width[:, None] + PADDING
 
 
 def spline_weights(values: Tensor, lo: Tensor, width: Tensor, bins: int) -> tuple[Tensor, Tensor]:
@@ -54,7 +50,7 @@ def spline_weights(values: Tensor, lo: Tensor, width: Tensor, bins: int) -> tupl
         ``weight [N, M, 4]``: the B-spline weights ``beta(s - b)`` of those bins (rows sum to 1; differentiable).
     """
     s = bin_position(values, lo, width)
-    i0 = s.detach().floor().clamp(PAD, bins + PAD - 1)
+    i0 = s.detach().floor().clamp(PADDING, bins + PADDING - 1)
     return i0.long() - 1, bspline_taps(s - i0)
 
 
@@ -95,38 +91,19 @@ def hard_class_histogram(index: Tensor, posterior: Tensor, bins: int) -> Tensor:
     """
     n, m = index.shape
     k = posterior.shape[0]
-    out = posterior.new_zeros(n, k, bins + 2 * PAD)
+    out = posterior.new_zeros(n, k, bins + 2 * PADDING)
     return out.scatter_add_(2, index[:, None, :].expand(n, k, m), posterior[None].expand(n, k, m))
 
 
 def dense_weights(first: Tensor, weight: Tensor, bins: int) -> Tensor:
     """Dense sample-by-bin membership matrices ``W [N, M, L + 4]`` (for the O(L^2) joint histograms of APE/CTE)."""
     n, m = first.shape
-    nb = bins + 2 * PAD
+    nb = bins + 2 * PADDING
     taps = torch.arange(4, device=first.device)
     out = torch.zeros(n, m, nb, device=weight.device, dtype=weight.dtype)
     return out.scatter(2, first[:, :, None] + taps, weight)
 
 
-def entropy(p: Tensor, dims: tuple[int, ...]) -> Tensor:
-    """Shannon entropy (nats) of the pmf ``p`` summed over ``dims`` (p must already be normalised)."""
-    return -(p * p.clamp_min(EPS).log()).sum(dim=dims)
-
-
-def x_metric_terms(hist: Tensor) -> Tensor:
-    """Per-image ``I(U_j; Z) = H(U_j) + H(Z) - H(U_j, Z)`` from class histograms.
-
-    Args:
-        hist: ``[N, K, B]`` posterior-weighted class histograms. Returns ``[N]`` (nats).
-    """
-    p = hist / hist.sum(dim=(1, 2), keepdim=True).clamp_min(EPS)
-    h_joint = entropy(p, (1, 2))
-    h_u = entropy(p.sum(dim=1), (1,))
-    h_z = entropy(p.sum(dim=2), (1,))
-    return h_u + h_z - h_joint
-
-
 def mutual_information_from_joint(joint: Tensor) -> Tensor:
     """MI of joint histograms ``[..., B, B]`` -> ``[...]`` (nats)."""
-    p = joint / joint.sum(dim=(-2, -1), keepdim=True).clamp_min(EPS)
-    return entropy(p.sum(-1), (-1,)) + entropy(p.sum(-2), (-1,)) - entropy(p, (-2, -1))
+    return entropy(joint.sum(-1), dim=-1) + entropy(joint.sum(-2), dim=-1) - entropy(joint, dim=(-2, -1))

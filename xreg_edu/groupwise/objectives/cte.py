@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ...density import entropy
 from .. import histograms as H
 from .base import GroupObjective, GroupSample
 
@@ -51,7 +52,6 @@ class CTE(GroupObjective):
         first, w = H.spline_weights(allv, lo, width, self.bins)
         dense = H.dense_weights(first, w, self.bins)                     # [N+1, M, B]
         joint = torch.einsum("mb,nmc->nbc", dense[0], dense[1:])         # [N, B, B] (template x image)
-        p = joint / joint.sum(dim=(1, 2), keepdim=True).clamp_min(H.EPS)
-        h_joint = H.entropy(p, (1, 2))
-        h_img = H.entropy(p.sum(1), (1,))
+        h_joint = entropy(joint, dim=(1, 2))
+        h_img = entropy(joint.sum(1), dim=1)
         return (h_joint - h_img).sum()

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ...density import EPS, class_entropies
 from .. import estep
 from .. import histograms as H
 from .base import GroupObjective, GroupSample
@@ -22,6 +23,12 @@ def _resize_maps(maps: Tensor, shape: tuple[int, ...]) -> Tensor:
     out = out.clamp_min(0)
     return out / out.sum(0, keepdim=True).clamp_min(1e-12)
 
+
+
+def _information_terms(hist: Tensor) -> Tensor:
+    """``[N]`` X-metric terms ``I(U_j; Z)`` from class histograms ``[N, K, B]``."""
+    h_u, h_z, h_uz = class_entropies(hist)
+    return h_u + h_z - h_uz
 
 class XCoReg(GroupObjective):
     """X-CoReg objective: ``L(phi) = -sum_j I(U_j o phi_j; Z)`` with Z the EM posterior (detached).
@@ -120,7 +127,7 @@ class XCoReg(GroupObjective):
             hist = H.hard_class_histogram(H.nearest_bin(sample_values, lo, width, self.bins), g, self.bins)
         else:
             hist = H.class_histogram(sample_values, g, self.bins)
-        pmf = hist / hist.sum(dim=2, keepdim=True).clamp_min(H.EPS)
+        pmf = hist / hist.sum(dim=2, keepdim=True).clamp_min(EPS)
         return estep.lookup_log_likelihood(pmf, values, lo, width, self.bins, lookup=self.lookup)
 
     def _e_step(self, values: Tensor, sample_values: Tensor, index: Tensor, geometry=None) -> None:
@@ -142,7 +149,7 @@ class XCoReg(GroupObjective):
         """``[N]`` per-image ``I(U_j; Z)`` with the posterior as (detached) Z (differentiable in the warp)."""
         sv = sample.sampled()
         g = self.gamma.index_select(1, sample.index)
-        return H.x_metric_terms(H.class_histogram(sv, g, self.bins))
+        return _information_terms(H.class_histogram(sv, g, self.bins))
 
     def loss(self, sample: GroupSample) -> Tensor:
         return -self.metric_terms(sample).sum()
@@ -157,7 +164,7 @@ class XCoReg(GroupObjective):
             for _ in range(sweeps):
                 self._e_step(sample.values.detach(), sv.detach(), sample.index, geometry)
         g = self.gamma.index_select(1, sample.index)
-        return -H.x_metric_terms(H.class_histogram(sv, g, self.bins)).sum()
+        return -_information_terms(H.class_histogram(sv, g, self.bins)).sum()
 
     def state(self) -> dict:
         k = self.num_classes
