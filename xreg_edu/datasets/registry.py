@@ -321,6 +321,114 @@ e85cfeb241242c8b2b9d36455d490ee0e147f7b969b323f07397d340ae1d3d46 903577 myops202
 435b8c9809ccc9619589ae1766e466956604cff903ca75660da9953745e98605 827429 myops2020_multiseq_cmr/Case3010/Case3010_LGE.nii.gz
 b67f9c3bcc193f325c2410057fa99e9aef4ed31821f4ddfd509535755f91ada8 1079190 myops2020_multiseq_cmr/Case3010/Case3010_T2.nii.gz
 bf103ac7a8647a1da6e764b3e1a0e93b98137bd1b9370842b55a0a857d82bc37 5255 myops2020_multiseq_cmr/Case3010/Case3010_gd.nii.gz
+4b91ac1a94e9c5aaf91123128f4dce8bcc48e88ffb06e20a3b570a407f309c90 465141 myops2020_multiseq_cmr/Case3011/Case3011_C0.nii.gz
+d2973970889738073afadef1e35441da43ec74b52c399a860b9eda1755849b54 357076 myops2020_multiseq_cmr/Case3011/Case3011_LGE.nii.gz
+24a079517c90aa306af491a5d67f182994f38754507c280af0817c8e5c55ade9 432395 myops2020_multiseq_cmr/Case3011/Case3011_T2.nii.gz
+b2f01adb1ac6badcb413103be9a060425aa91bfe029d5e802d74cb998504492d 2650 myops2020_multiseq_cmr/Case3011/Case3011_gd.nii.gz
+c6d9f86492686c2aa7c388c9aff08693af6af3a37638a5f67f5eaafcff8b00b7 1038997 myops2020_multiseq_cmr/Case3012/Case3012_C0.nii.gz
+a51f1983316b3ad3d55d215c12061c390c6c29e790d88565f759fdfc000ee4ad 891260 myops2020_multiseq_cmr/Case3012/Case3012_LGE.nii.gz
+97d4674a1af5cc1e1b8b319276afe8fd153051c3eea724d1e12c59975ff9371c 1046137 myops2020_multiseq_cmr/Case3012/Case3012_T2.nii.gz
+3d8ebf16e91c7aaad079d7cc3d8ea96fc6169ab38d325fd16e3c0ef624c7683b 6215 myops2020_multiseq_cmr/Case3012/Case3012_gd.nii.gz
+7a1e42bcdfe6a48e6dd312a5ef48f5563b97358f40f6e52c92bb03920f492e7b 711690 myops2020_multiseq_cmr/Case3013/Case3013_C0.nii.gz
+03bc922e533a4464e67cff17dae73e0ac2998bbd0a2d350bda04356a0323637e 538183 myops2020_multiseq_cmr/Case3013/Case3013_LGE.nii.gz
+308f1aa1b5c61e8abc989abd87168134019fd0c4b4d90177787eb5647e0903b7 641273 myops2020_multiseq_cmr/Case3013/Case3013_T2.nii.gz
+8ea529dac098b86d972773dbd6a9041aa2e60020761226be8e9217ef99060772 3654 myops2020_multiseq_cmr/Case3013/Case3013_gd.nii.gz
+3d6087dd8425d0280771955005a502d8ab98bd8b56f0a592fa84095c8bc96904 1002490 myops2020_multiseq_cmr/Case3014/Case3014_C0.nii.gz
+ebfdda46309a00ce3f666d04765aeb2905e2a90bfd0d8d621225ccd1afae00d1 829847 myops2020_multiseq_cmr/Case3014/Case3014_LGE.nii.gz
+d3efb2e50c4bbd98da754c8806d9b68dcae51b16dcbc17f3df37b3463a95e202 959621 myops2020_multiseq_cmr/Case3014/Case3014_T2.nii.gz
+bb14df62dea9fddadb4a3a3bc02a96ccd57cb479011cfa66fc043044311b7394 5933 myops2020_multiseq_cmr/Case3014/Case3014_gd.nii.gz
+db46afeb6b92f37ba819dbdf35ebfaf54b6c7bfd7a364d47ad5150e37786d747 1213372 myops2020_multiseq_cmr/Case3015/Case3015_C0.nii.gz
+f7d08555f0ebc7aa2ea6ca6b4e9705de4b487e6bf612fcbc5331d8d484f221f6 948587 myops2020_multiseq_cmr/Case3015/Case3015_LGE.nii.gz
+0631ed9e8d75cfac61510a96b0f9473435a60a8527c051e3cd8003ff46e1bfcb 1222595 myops2020_multiseq_cmr/Case3015/Case3015_T2.nii.gz
+79aaabb8bccc180b247698e873594fbfd3cd7d1200856f75bf3110c9d31c4b7c 6340 myops2020_multiseq_cmr/Case3015/Case3015_gd.nii.gz
+1bc157e4a90e1d6437444d5420391f4a59ddcde215ea7a113521e99bd57472e6 735679 myops2020_multiseq_cmr/Case3016/Case3016_C0.nii.gz
+4e61b5590b1e914906adb51ee62225f8d49013a4533d57fc25597676e1e1234f 542417 myops2020_multiseq_cmr/Case3016/Case3016_LGE.nii.gz
+3b64c30cf1ae176640cb45281fe502afd066afb0eb9f26af3a02f2240d0ce8be 644335 myops2020_multiseq_cmr/Case3016/Case3016_T2.nii.gz
+293e13413a19cd4c13bffd3e7899a60bf2442f68f1b288f60a3fd2ea304839d8 4842 myops2020_multiseq_cmr/Case3016/Case3016_gd.nii.gz
+9b91f7734059ffc13433834c97da817a191f2ef378f5570d15bc8699ee57f805 1253450 myops2020_multiseq_cmr/Case3017/Case3017_C0.nii.gz
+9455216585d6eeacd5230c9e9712c64ae60d4b919f4c7133c97360a85a945826 1011949 myops2020_multiseq_cmr/Case3017/Case3017_LGE.nii.gz
+5b3894dd40385aebcde571eb4123b677dbfc4a099db6ade831a79906ea60759a 1197872 myops2020_multiseq_cmr/Case3017/Case3017_T2.nii.gz
+aeace1ee96ee2ef164296db7be14d9dcf79e0dc1c2d436b71cbf493c9a633452 6178 myops2020_multiseq_cmr/Case3017/Case3017_gd.nii.gz
+a7839bf4fcefb9eb98f6caff353bc2b62205eaae798b9a9cd50ed3dbddd24577 662125 myops2020_multiseq_cmr/Case3018/Case3018_C0.nii.gz
+ec618b575980fe8f0603de5b484736f7b75c1899540f252274f45cc3bd818d97 480517 myops2020_multiseq_cmr/Case3018/Case3018_LGE.nii.gz
+022eae5bf4fcb6dd3d8b6b316f152ad522861731ed0e161ed2c2e1960c67057e 624740 myops2020_multiseq_cmr/Case3018/Case3018_T2.nii.gz
+c1e2729e67eb4f4db7bcb63a19c503ecef04c5958e1771ff0c759ae3172fd706 3183 myops2020_multiseq_cmr/Case3018/Case3018_gd.nii.gz
+b7fcac88aaaa8f0c16789340253ff0fd92c4de2ada2b86d4acb8cec8b2cf11a7 1011948 myops2020_multiseq_cmr/Case3019/Case3019_C0.nii.gz
+fe298e16660bbe58e1c71c746d47ccda0e93c07ff218b359d8a7582c7bc5908e 746117 myops2020_multiseq_cmr/Case3019/Case3019_LGE.nii.gz
+5dee551cbd6040783ce8d5c7dab035c6ab7aada09083093bb47ba99b9e846ceb 917848 myops2020_multiseq_cmr/Case3019/Case3019_T2.nii.gz
+cd47e56b057df6b8d3afdb9f13f1b8b6c31710061a37590713c886f31ef45bd8 5820 myops2020_multiseq_cmr/Case3019/Case3019_gd.nii.gz
+20173b1df277de48ad40d1d5a1df44bb30d26b7c938c654c6c4d5a5c39e28afb 1281920 myops2020_multiseq_cmr/Case3020/Case3020_C0.nii.gz
+6705aae984d2d894766714870b754e4e2caa64da51bc653aa0b58b683f59757c 1099751 myops2020_multiseq_cmr/Case3020/Case3020_LGE.nii.gz
+2d032b4366ec7896490b7bcee13ee9e5c9df8d3b7c045d511fced0d2754a22b9 1248716 myops2020_multiseq_cmr/Case3020/Case3020_T2.nii.gz
+0e4efcf6c664aa3a29dc3d6f072f72d6d559d0668f1e32b7f3a10035611a3c06 7006 myops2020_multiseq_cmr/Case3020/Case3020_gd.nii.gz
+1f2dd067ed12a466a4ce094d986f5b0d366358db8abb5a3061bcc82855bdc754 659374 myops2020_multiseq_cmr/Case3021/Case3021_C0.nii.gz
+bc6a9a5e9aa3b0a1dda6932e7c6ebba659f7ac381afa45eff19d3110e9672764 502698 myops2020_multiseq_cmr/Case3021/Case3021_LGE.nii.gz
+822b68be33ffd38e145a2b28734ada1f3d2fbe3331fa06b74f3413eb268b430b 642284 myops2020_multiseq_cmr/Case3021/Case3021_T2.nii.gz
+d05b8bfb3cc4c6a9df2a59c430bc7be48a0bd55fb35cc13f6c890d279079f572 3958 myops2020_multiseq_cmr/Case3021/Case3021_gd.nii.gz
+f363a0d7d55d8a3c1455fc1325a4614966a5272a84d710f082ec1dc050444237 1002045 myops2020_multiseq_cmr/Case3022/Case3022_C0.nii.gz
+54f4caa5d29db6d368f294b35fe6e0ac116eddc4008926b251244c04b41254b6 763418 myops2020_multiseq_cmr/Case3022/Case3022_LGE.nii.gz
+ca5522a475efa8310b9168748c340d0f024a965a224fffdf3e872171ec02ba64 1088992 myops2020_multiseq_cmr/Case3022/Case3022_T2.nii.gz
+4f384ba48e01de1507fac646e9d4e457cd6dbcc1afc5f1234f8ab84dc653f653 5993 myops2020_multiseq_cmr/Case3022/Case3022_gd.nii.gz
+71fa2c7e3f5df524aa1e65ee7da4219c0a425ecb24baa2c45651264d5b495fe9 686598 myops2020_multiseq_cmr/Case3023/Case3023_C0.nii.gz
+22f289e5acab5929df49df6e90cb7fedccf2399532916a0bf45db828a5cca4de 571532 myops2020_multiseq_cmr/Case3023/Case3023_LGE.nii.gz
+9ef386cbbcdcf7ec8f363d88471acb3ff5feadf5d27dc2f8cd016b166429e1fc 569648 myops2020_multiseq_cmr/Case3023/Case3023_T2.nii.gz
+7d01e35a81019b0cd110874ed6b4daddc63e031c031de722b1c26c5bf8f30504 3615 myops2020_multiseq_cmr/Case3023/Case3023_gd.nii.gz
+4f41bfa50e72c9f6038ea734212fda130f18f17b3b9a2550c10a35930092b1b1 689882 myops2020_multiseq_cmr/Case3024/Case3024_C0.nii.gz
+44bbfddd5e6a3cad6c41f7920eeebbff4d2594d75be5384bff1bc1e28bbab64b 542518 myops2020_multiseq_cmr/Case3024/Case3024_LGE.nii.gz
+57ae5aa96441037858b94efe4c970cffb52012d6264551f512193bd1fd6e6275 678624 myops2020_multiseq_cmr/Case3024/Case3024_T2.nii.gz
+d881cc1273885daabbafcdcc45cac3321efd3a3ee9be654152eb9bdbf26a5982 4108 myops2020_multiseq_cmr/Case3024/Case3024_gd.nii.gz
+c39049292f6257913bcf83b41775b81febcc3bf75c795c1e03204f9e70c560bc 767059 myops2020_multiseq_cmr/Case3025/Case3025_C0.nii.gz
+7bd4fcfb4d986fb9a58b2eb7a8330667fcaa58cf94ddb4145f92ec61d316f2e1 687685 myops2020_multiseq_cmr/Case3025/Case3025_LGE.nii.gz
+b3abe6fd5edad71a76b2a098f83fe7aad4073c495bd803893f896fd4f2291a49 723208 myops2020_multiseq_cmr/Case3025/Case3025_T2.nii.gz
+445deeeb924a7f7ecefd7eded9bdfac589bfc7bbc44a0cd34829f5cc2a633605 4999 myops2020_multiseq_cmr/Case3025/Case3025_gd.nii.gz
+608759a0a65b5b9746c498747948a99315c7503ff7d7c7ec68fec59bb9e6ecfe 964188 myops2020_multiseq_cmr/Case3026/Case3026_C0.nii.gz
+27830d00b715e83117829b3eaa950a0c55a283e218aa093f46803a8fae173342 732971 myops2020_multiseq_cmr/Case3026/Case3026_LGE.nii.gz
+a8793f8fd98b530ce4ab5bdd6e25186589f83efbdc85899a0b1ed18fece8a40d 863165 myops2020_multiseq_cmr/Case3026/Case3026_T2.nii.gz
+894a8436b9516466cd125adc30f751c94f85fd31588d456660410a3b8115c0ae 5368 myops2020_multiseq_cmr/Case3026/Case3026_gd.nii.gz
+30e8cb23e1989df2cfe474cf6d367cbceb3409a2eaa9395cd88baef6f11efd03 686416 myops2020_multiseq_cmr/Case3027/Case3027_C0.nii.gz
+08348fbbbebe4ca6bccf6c2c09710636dd9ccbb3d4c7f7b0903a3ef12a741487 477443 myops2020_multiseq_cmr/Case3027/Case3027_LGE.nii.gz
+0cee1460b885a21a2becb0cfa60ac960d69633a9dbadb43560793cea108a0014 583138 myops2020_multiseq_cmr/Case3027/Case3027_T2.nii.gz
+6f578064e2e788e87da93c7b5c1f002f37d81ebd5fb39ae76e633c85303f3ae1 3617 myops2020_multiseq_cmr/Case3027/Case3027_gd.nii.gz
+0591f8a4791f0fbeeb6d4edda3db9d444f374befd93df3b631a147c22aca8b29 657411 myops2020_multiseq_cmr/Case3028/Case3028_C0.nii.gz
+de0262843a2867913605fb648cc345799dfccb966934cfa4ac88810cb274c537 482229 myops2020_multiseq_cmr/Case3028/Case3028_LGE.nii.gz
+50d86376392e638fb254da519b32ddfe83b48d9da4dac056a681ae86bdd1b946 641507 myops2020_multiseq_cmr/Case3028/Case3028_T2.nii.gz
+0eee26d36c84113b72b22d01a982d77006a6f6381752076cb9070df29ffd2b48 4131 myops2020_multiseq_cmr/Case3028/Case3028_gd.nii.gz
+1f46d7b7eefac44430feea278a9cd32e4e3d87132548998b59756b5fde2eab3a 1023001 myops2020_multiseq_cmr/Case3029/Case3029_C0.nii.gz
+de8ce48724d5c2b7e0f37000c1671e483f28890bafd623a21ccb7f34ed35d506 756132 myops2020_multiseq_cmr/Case3029/Case3029_LGE.nii.gz
+fd595fb0c93a88db5a8e6a0dcf59bf8c558c561555360c7dbe893a2736e0e8fa 920522 myops2020_multiseq_cmr/Case3029/Case3029_T2.nii.gz
+642e85efdb37d281abc71d8a73a50d006d1c8e6a4e04c4a0687cbdb3554f7473 5026 myops2020_multiseq_cmr/Case3029/Case3029_gd.nii.gz
+a674747b385d69fd501b32e435740073ce64cd9475b709d500aa2fbe032c892b 701816 myops2020_multiseq_cmr/Case3030/Case3030_C0.nii.gz
+6baee0599bc88ff152abb8f3f35560511ccb537266649158e2395292e0941dfc 511957 myops2020_multiseq_cmr/Case3030/Case3030_LGE.nii.gz
+01900299da1b42e2f96ea3414ef1011447c2cef95753cdbab2441980c926469f 482263 myops2020_multiseq_cmr/Case3030/Case3030_T2.nii.gz
+193bf877aedccfefb919513e2a11430ffe48ca0dfd620c66bf81d9baca898423 5002 myops2020_multiseq_cmr/Case3030/Case3030_gd.nii.gz
+26d48fd74ab3bd96e73fc16a14643e0c9fac1732e01a47f0a4cdcef9032f0e35 983037 myops2020_multiseq_cmr/Case3031/Case3031_C0.nii.gz
+c915f83ca5076d6e7eb46b8c726ac99dd0807e076d368477be55d7f6ad060543 826044 myops2020_multiseq_cmr/Case3031/Case3031_LGE.nii.gz
+19c77696f3a07fefe3746270ffcb3461f1752810f13a4bc24d6511f987fffd4f 885044 myops2020_multiseq_cmr/Case3031/Case3031_T2.nii.gz
+f1a30268e336e4bc8491e51b98a2636866c96793bb1eb04a6600e801087afcd6 5300 myops2020_multiseq_cmr/Case3031/Case3031_gd.nii.gz
+e8829de6a3d5a00fd47af8a5d93806acc6e496acac62800464da8d286e388127 727523 myops2020_multiseq_cmr/Case3032/Case3032_C0.nii.gz
+6d90575a91e736c8e6547053c046289201730c1174b8abb83ec9ddb0faa73850 500313 myops2020_multiseq_cmr/Case3032/Case3032_LGE.nii.gz
+3b1bb4f801b57cd341af6e9bd7c2fb418e16c3e3179dcb4e25e86fce08bf78ba 677611 myops2020_multiseq_cmr/Case3032/Case3032_T2.nii.gz
+1800ef9115f730c4ac9de8b02de2b21f3852be77ab3be0b422569a601c30818f 3331 myops2020_multiseq_cmr/Case3032/Case3032_gd.nii.gz
+12dca4ce05c79553b364411101eb0068463e2252c6fc0995bf4f58497d238816 1344481 myops2020_multiseq_cmr/Case3033/Case3033_C0.nii.gz
+864d04e0dd63af67ea6f8192701453b3caf64b69e3dd1a7050ffd0ef99dfe1c1 1016916 myops2020_multiseq_cmr/Case3033/Case3033_LGE.nii.gz
+06dffab4e92e6c6762a18242c1b62e4e5d00d758ded24536f399c3118228a225 1187213 myops2020_multiseq_cmr/Case3033/Case3033_T2.nii.gz
+13ba12c0c7ee6ef0ece8526edfecfbafed41f058aa81a15f5cdce8884c6a365f 7343 myops2020_multiseq_cmr/Case3033/Case3033_gd.nii.gz
+726a79576190e4f6330f8673c854cd9b2ea10079b52720c560a227c8255700f4 833221 myops2020_multiseq_cmr/Case3034/Case3034_C0.nii.gz
+69d187b34bfe95bd4be2e7a468141af7401fde5274515a90b331f5ed6ce216b9 541313 myops2020_multiseq_cmr/Case3034/Case3034_LGE.nii.gz
+58f326f7e7fed8552c138fb1dd1ac08b3964aeffb0f6d1c4d6a5143b8cf095dc 778786 myops2020_multiseq_cmr/Case3034/Case3034_T2.nii.gz
+cc53c1b3cae84b445aba8dfa485b337b994ac6b2b0c897664a9f052cea5da537 4650 myops2020_multiseq_cmr/Case3034/Case3034_gd.nii.gz
+294834db78d6016d02e1754a926b22a3020c243ca57aa220bb804b39324c12ac 629391 myops2020_multiseq_cmr/Case3035/Case3035_C0.nii.gz
+674da93964f27c1b30c73a8705315bd8fb9d8764ba9661fba4f4082d717b32f8 417806 myops2020_multiseq_cmr/Case3035/Case3035_LGE.nii.gz
+d4dc5cca93fcb28069ef3ece1ac2b1316b93abb71fa5c6be4c902f0281f8178b 479294 myops2020_multiseq_cmr/Case3035/Case3035_T2.nii.gz
+0fbcc0214a09dff795cc1f1d20770bc587dd58ba57bf1c225db00ce1363088fc 3606 myops2020_multiseq_cmr/Case3035/Case3035_gd.nii.gz
+d43cdb5b71af2fc7e01d4059a8c0bedbde334559164430a5d89ece065c84e40e 748871 myops2020_multiseq_cmr/Case3036/Case3036_C0.nii.gz
+4c70de34539761a9249e41bea22d2c37af5ea69aba93b9009b65c3873626be91 555608 myops2020_multiseq_cmr/Case3036/Case3036_LGE.nii.gz
+21f8449aa39eb191685355f488d968d6d90d4a50c60182ef00f277852c2453c7 699764 myops2020_multiseq_cmr/Case3036/Case3036_T2.nii.gz
+463f16b8ead5471eb43e7b93695b5abf7d5a6a97449b64a62258926ed00cdcee 4966 myops2020_multiseq_cmr/Case3036/Case3036_gd.nii.gz
+78820324742d1c76a9b5359c5022f42727c190e14c5f2e53cee063716a3ce289 555931 myops2020_multiseq_cmr/Case3037/Case3037_C0.nii.gz
+54ba26a715ae38f8ab9a7e8bcda86a91a3745103eb2f73a61026964e6f6bf74a 405048 myops2020_multiseq_cmr/Case3037/Case3037_LGE.nii.gz
+a0608e38b5273657140785b7fb79f119d4b39772fc48503a1d0b36c81c33593f 520337 myops2020_multiseq_cmr/Case3037/Case3037_T2.nii.gz
+08974499844d794c4194165390e19148d513f14ece87036616535d97426b6531 3730 myops2020_multiseq_cmr/Case3037/Case3037_gd.nii.gz
 2f884f00d4e9cbca061a5fd2f988547df312d86194b331f4ca511cf852f775db 4051200 open_ms_data_mni/patient07/FLAIR_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz
 811e8c906d572e8675c67c98176d0e883ec87655ebea89f31da407a18fb1aae7 8252 open_ms_data_mni/patient07/GOLD_STANDARD_N4_noneck_reduced_winsor_regtoFLAIR_regtoMNI.nii.gz
 6f12c9ee925a419eab4f7e90d795ab09e91b21b3fec87b40cbde229a1139b28f 4060636 open_ms_data_mni/patient07/T1POST_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz
@@ -435,11 +543,13 @@ _SPECS = [
     ),
     DatasetSpec(
         name="myops_cmr",
-        title="MyoPS 2020 multi-sequence cardiac MR (10 patients, bSSFP/LGE/T2)",
+        title="MyoPS 2020 multi-sequence cardiac MR (37 patients, bSSFP/LGE/T2)",
         description=("Three co-registered short-axis CMR sequences of the same patient - bSSFP (C0), late gadolinium "
                      "enhancement (LGE) and T2-weighted - with manual labels of LV myocardium, LV and RV blood pool, "
-                     "myocardial edema and scar. Cases Case3001-Case3010, in-plane 0.73-0.75 mm, 3-6 slices of "
-                     "12-23 mm. The motivating example of multi-modality groupwise registration."),
+                     "myocardial edema and scar. Cases Case3001-Case3037: the official MyoPS 2020 training cases 101-125 "
+                     "(Case3001-3025, our train split) and test cases 201-212 (Case3026-3037, our test split; never "
+                     "tune on them). In-plane 0.73-0.76 mm, 2-6 slices of 12-23 mm. The motivating example of "
+                     "multi-modality groupwise registration."),
         files=_files("myops2020_multiseq_cmr"),
         source="github.com/Tengjia-Kang/MyoPS @ be32f338b6f1a6b1bf84dc665074a23d28cd9a87 "
                "(datasets/Competition_Dataset/Train)",
@@ -452,7 +562,9 @@ _SPECS = [
         use=("Multi-modality groupwise registration of bSSFP, LGE and T2 (the sequences are pre-aligned: apply a "
              "synthetic misalignment and measure its recovery); label maps give Dice/ASSD after registration."),
         modalities=("C0", "LGE", "T2"),
-        subjects=tuple(f"Case30{i:02d}" for i in range(1, 11)),
+        subjects=tuple(f"Case30{i:02d}" for i in range(1, 38)),
+        extra={"train_subjects": tuple(f"Case30{i:02d}" for i in range(1, 26)),
+               "test_subjects": tuple(f"Case30{i:02d}" for i in range(26, 38))},
         label_names=CARDIAC_LABELS,
         default_group="3 images Case3001/{C0, LGE, T2}; 2-D: the slice with the largest labelled area, cropped "
                       "around the heart labels (+25 mm) and resampled to size x size; labels 0 bg, 1 myocardium "
