@@ -37,6 +37,9 @@ _EXPORTS = {
     "load_nifti_group": "io",
     # registration (Algorithm 1 and baselines)
     "register_group": "groupwise",
+    # chapters
+    "setup_chapter": "_env",
+    "show_versions": "_env",
 }
 _SUBMODULES = {
     "cli", "datasets", "density", "evaluate", "group", "groupwise", "info", "io", "plotting",

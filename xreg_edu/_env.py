@@ -12,3 +12,55 @@ def env_flag(name: str) -> bool:
 def is_quick() -> bool:
     """True under ``XREG_EDU_QUICK=1`` (CI and nbmake): iteration counts shrink, the method never changes."""
     return env_flag("XREG_EDU_QUICK")
+
+
+def show_versions() -> dict:
+    """Print (and return) what a chapter's results depend on: versions, device, threads, data folders, switches."""
+    import platform
+    import sys
+
+    import numpy
+    import torch
+
+    from . import __version__
+    from .datasets.fetch import data_dir, mirror_dir
+
+    info = {
+        "xreg_edu": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "threads": torch.get_num_threads(),
+        "data cache (XREG_EDU_DATA)": str(data_dir()),
+        "mirror (XREG_EDU_MIRROR)": str(mirror_dir() or "-"),
+        "quick (XREG_EDU_QUICK)": is_quick(),
+        "static (XREG_EDU_STATIC)": env_flag("XREG_EDU_STATIC"),
+    }
+    width = max(map(len, info))
+    for key, value in info.items():
+        print(f"{key:<{width}}  {value}", file=sys.stdout)
+    return info
+
+
+def setup_chapter(seed: int = 0, threads: int = 2) -> bool:
+    """The one preamble of every chapter: fixed thread count and seeds, a version print-out; returns quick mode.
+
+    Args:
+        seed: seeds ``random``, NumPy and torch (CPU and CUDA).
+        threads: torch intra-op threads (2: the CI machine's cores; results do not depend on it).
+
+    Returns:
+        :func:`is_quick` -- True under ``XREG_EDU_QUICK=1`` (fewer iterations, never another method).
+    """
+    import random
+
+    import numpy
+    import torch
+
+    torch.set_num_threads(int(threads))
+    random.seed(seed)
+    numpy.random.seed(seed)
+    torch.manual_seed(seed)
+    show_versions()
+    return is_quick()
