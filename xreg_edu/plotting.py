@@ -11,10 +11,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ._env import PAGE_WIDTH
+
 __all__ = [
     "as_slice",
     "checkerboard",
     "label_colors",
+    "page_figsize",
     "plot_curves",
     "plot_graphical_model",
     "plot_history",
@@ -128,10 +131,17 @@ def _draw_contours(ax, lab: np.ndarray, classes: Sequence[int] | None = None, li
     return classes
 
 
+def page_figsize(width: float, height: float) -> tuple[float, float]:
+    """``(width, height)`` in inches, shrunk (aspect kept) to at most :data:`PAGE_WIDTH` wide, so that the
+    website never scales the figure down and its fonts keep their size in points."""
+    scale = min(1.0, PAGE_WIDTH / width)
+    return width * scale, height * scale
+
+
 def _new_figure(nrows: int, ncols: int, panel: tuple[float, float] = (2.2, 2.2), figsize=None, **kw):
     import matplotlib.pyplot as plt
 
-    figsize = figsize or (panel[0] * ncols, panel[1] * nrows)
+    figsize = figsize or page_figsize(panel[0] * ncols, panel[1] * nrows)
     fig, axes = plt.subplots(nrows, ncols, figsize=figsize, squeeze=False, **kw)
     return fig, axes
 
@@ -217,7 +227,7 @@ def show_group(group_or_images: Any, labels: Any = None, names: Sequence[str] | 
 
             handles = [Line2D([], [], color=colors[i], lw=2,
                               label=(label_names or {}).get(c, str(c))) for i, c in enumerate(classes[:20])]
-            fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
+            fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=9, frameon=False)
     if title:
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.06 if show_labels and classes else 0, 1, 1))
@@ -398,7 +408,7 @@ def plot_history(history: Any, keys: Sequence[str] | None = None, *, ax=None, se
             ax.plot(np.arange(len(v)), v, label=k)
         ax.set_xlabel(xlabel)
         if len(series) > 1:
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=9)
         else:
             ax.set_ylabel(next(iter(series)))
         if title:
@@ -446,7 +456,7 @@ def plot_curves(x: Any, curves: Mapping[str, Any], *, xlabel: str = "", ylabel: 
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if len(curves) > 1:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=9)
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -497,7 +507,7 @@ def plot_landscape(values: Any, x: Any, y: Any = None, *, xlabel: str = "", ylab
         ax.plot(xs[ix], ys[iy], "r+", ms=10, mew=2, label="maximum")
         if mark is not None:
             ax.plot(float(mark[0]), float(mark[1]), "kx", ms=8, mew=2, label="truth")
-        ax.legend(fontsize=8, loc="upper right")
+        ax.legend(fontsize=9, loc="upper right")
     else:
         raise ValueError(f"values must be 1-D or 2-D, got shape {v.shape}")
     if title:

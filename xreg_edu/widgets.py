@@ -139,7 +139,7 @@ def _draw_result(axes: Sequence[Any], panels: Mapping[str, np.ndarray], scalars:
         head = f"{label}\n{name}" if i == 0 else name
         if extra and i == 0:
             head += f"\n{extra}"
-        ax.set_title(head, fontsize=8)
+        ax.set_title(head, fontsize=9)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -181,7 +181,9 @@ def small_multiples(run: Callable, grid: Mapping[str, Sequence[Any]], *, default
 
     ncols = max(len(v) for v in grid.values())
     nrows = len(grid) * panels
-    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size[0] * ncols, panel_size[1] * nrows + 0.4),
+    from .plotting import page_figsize
+
+    fig, axes = plt.subplots(nrows, ncols, figsize=page_figsize(panel_size[0] * ncols, panel_size[1] * nrows + 0.4),
                              squeeze=False)
     row0 = 0
     for name, values in grid.items():
@@ -197,7 +199,7 @@ def small_multiples(run: Callable, grid: Mapping[str, Sequence[Any]], *, default
             if mode == "draw":
                 run(col_axes if panels > 1 else col_axes[0], **params)
                 col_axes[0].set_title(label + (f"\n{col_axes[0].get_title()}" if col_axes[0].get_title() else ""),
-                                      fontsize=8)
+                                      fontsize=9)
             else:
                 key = tuple(sorted((k, repr(v)) for k, v in params.items()))
                 p, s = results[key]
@@ -210,7 +212,7 @@ def small_multiples(run: Callable, grid: Mapping[str, Sequence[Any]], *, default
     if len(grid) > 1:
         others = ", ".join(f"{k}={_fmt(v)}" for k, v in defaults.items())
         fig.text(0.5, 0.002, f"each row block varies one parameter; the others stay at their defaults ({others})",
-                 ha="center", va="bottom", fontsize=8, color="0.3")
+                 ha="center", va="bottom", fontsize=9, color="0.3")
     fig.tight_layout(rect=(0, 0.03 if len(grid) > 1 else 0, 1, 0.97 if title else 1))
     plt.close(fig)
     return fig
