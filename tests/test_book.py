@@ -149,3 +149,99 @@ def test_literalincludes_point_at_real_objects(path):
             name = obj.group(1).split(".")[-1]
             assert re.search(rf"^\s*(?:def|class)\s+{re.escape(name)}\b", target.read_text(), re.M), \
                 f"{path.name}: {m.group(1)} has no object {obj.group(1)}"
+
+
+# ---------------------------------------------------------------------------------------------- one preamble
+def _first_code(path: Path) -> str:
+    return "".join(next(c for c in _cells(path) if c["cell_type"] == "code")["source"])
+
+
+def test_every_chapter_has_the_same_preamble():
+    first = {p.name: _first_code(p) for p in CHAPTERS}
+    reference = first[CHAPTERS[0].name]
+    assert "QUICK = xr.setup_chapter(" in reference, "the preamble must end with QUICK = xr.setup_chapter(...)"
+    differ = [name for name, src in first.items() if src != reference]
+    assert not differ, f"first code cell differs from {CHAPTERS[0].name}'s in: {differ}"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_preamble_work_is_not_repeated(path):
+    later = [c for c in _cells(path) if c["cell_type"] == "code"][1:]
+    for i, cell in enumerate(later, start=2):
+        src = "".join(cell["source"])
+        code = "\n".join(line.split("#", 1)[0] for line in src.splitlines())   # comments may mention them
+        for bad in (r"set_num_threads\(", r"\btorch\.manual_seed\(", r"\bcuda\.manual_seed", r"np\.random\.seed\(",
+                    r"\brandom\.seed\(", r"XREG_EDU_QUICK", r"google\.colab", r"setup_chapter\("):
+            assert not re.search(bad, code), f"{path.name} code cell {i} repeats the preamble's work: {bad!r}"
+
+
+# ---------------------------------------------------------------------------------------------- figures
+def _figure_pattern() -> re.Pattern:
+    """Calls that draw a figure in a chapter: pyplot, the library's plotting functions, sweeps."""
+    import xreg_edu.plotting as plotting
+
+    names = "|".join(n for n in plotting.__all__ if n.startswith(("show_", "plot_")))
+    return re.compile(rf"\bplt\.(?:subplots|figure|show|imshow|plot)\(|\b(?:{names})\(|\bsweep\(|"
+                      rf"\bsmall_multiples\(|\.savefig\(")
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_every_figure_cell_has_alt_text(path):
+    pattern = _figure_pattern()
+    missing = []
+    for cell in _cells(path):
+        if cell["cell_type"] == "code" and pattern.search("".join(cell["source"])):
+            alt = cell.get("metadata", {}).get("mystnb", {}).get("image", {}).get("alt", "")
+            if len(alt.strip()) < 20:
+                missing.append(cell.get("id"))
+    assert not missing, (f"{path.name}: figure cells without alt text (metadata mystnb.image.alt): "
+                         f"cell ids {missing}")
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_no_small_fonts_or_wide_literal_figures(path):
+    from xreg_edu._env import PAGE_WIDTH
+
+    code = "\n".join("".join(c["source"]) for c in _cells(path) if c["cell_type"] == "code")
+    small = [m.group(0) for m in re.finditer(r"fontsize\s*=\s*(\d+(?:\.\d+)?)", code) if float(m.group(1)) < 9]
+    wide = [m.group(0) for m in re.finditer(r"(?<!page_)figsize\s*=\s*\(\s*(\d+(?:\.\d+)?)\s*,", code)
+            if float(m.group(1)) > PAGE_WIDTH]
+    assert not small, f"{path.name}: fonts under 9 pt: {small}"
+    assert not wide, f"{path.name}: figures wider than {PAGE_WIDTH} in (wrap in xr.plotting.page_figsize): {wide}"
+
+
+# ---------------------------------------------------------------------------------------------- launch paths
+def test_repository_address_only_in_config():
+    """The repository address is written once, in _config.yml; the Colab copies and binder read it from there."""
+    import subprocess
+
+    url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"].rstrip("/")
+    host_path = url.split("://", 1)[1]
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    if not files:
+        pytest.skip("not a git checkout")
+    found = []
+    for f in files:
+        if f == "_config.yml" or not (ROOT / f).is_file():
+            continue
+        text = (ROOT / f).read_text(errors="ignore")
+        if f.endswith(".ipynb") and Path(ROOT / f) in CHAPTERS:
+            # the preamble's Colab install line is the one copy: the Colab converter replaces it with the pinned
+            # install read from _config.yml, and tests/test_colab.py checks that it names the same address
+            pip = re.search(r"^\s*%pip install .*$", _first_code(ROOT / f), re.M)
+            if pip:
+                text = text.replace(json.dumps(pip.group(0).strip())[1:-1], "", 1)
+        if host_path in text:
+            found.append(f)
+    assert not found, f"the repository address {url} is also written in: {found} (read it from _config.yml)"
+
+
+def test_binder_installs_cpu_torch_and_the_package():
+    reqs = (ROOT / "binder" / "requirements.txt").read_text()
+    assert re.search(r"^--extra-index-url https://download\.pytorch\.org/whl/cpu\s*$", reqs, re.M), \
+        "binder/requirements.txt must take torch from the CPU wheel index"
+    assert re.search(r"^torch==[\d.]+\+cpu\s*$", reqs, re.M), "binder must pin a +cpu torch build"
+    post = (ROOT / "binder" / "postBuild").read_text()
+    assert re.search(r"pip install .*--no-deps .*-e \.|pip install .*-e \. .*--no-deps", post), \
+        "binder/postBuild must install the package itself"
+    assert os.access(ROOT / "binder" / "postBuild", os.X_OK), "binder/postBuild must be executable"

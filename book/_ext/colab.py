@@ -126,18 +126,21 @@ def _load_bib(root: Path) -> dict:
 
 
 def load_book(root: Path = ROOT, ref: str | None = None) -> Book:
-    """Scan the book once: equation, exercise and theorem numbers (per page, in order, as Sphinx numbers them)."""
+    """Scan the book once: titles and the equation, exercise and theorem numbers the website shows."""
     repo_url = repository(root)["url"].rstrip("/")
     book = Book(root=root, repo_url=repo_url, ref=ref or pinned_ref(root), site_url=_site_url(repo_url),
                 chapters=_toc_chapters(root), bib=_load_bib(root))
+    # Numbers run through the whole book in table-of-contents order (sphinx-multitoc-numbering): equations
+    # (1)...(10) as in the talk, exercises, and each kind of theorem-like block separately.
+    equation, counters = 0, {}
     for path in book.chapters:
         doc = book.docname(path)
         text = "\n\n".join(_markdown_cells(path))
         title = re.search(r"^#\s+(.+)$", text, re.M)
         book.titles[doc] = title.group(1).strip() if title else doc
-        for n, m in enumerate(_EQ_LABEL.finditer(text), start=1):
-            book.equations[m.group("label")] = (doc, n)
-        counters: dict[str, int] = {}
+        for m in _EQ_LABEL.finditer(text):
+            equation += 1
+            book.equations[m.group("label")] = (doc, equation)
         lines = text.splitlines()
         for i, line in enumerate(lines):
             m = _FENCE.match(line)
@@ -428,7 +431,8 @@ def convert(path: Path, book: Book) -> dict:
                    f"`{book.ref}`. The first code cell installs `xreg_edu` at that version; the datasets download "
                    f"from their pinned public sources, sha256-checked (`xr.datasets`).*"],
     }
-    nb["cells"] = [intro, *cells]
+    at = 1 if cells and cells[0]["cell_type"] == "markdown" and "".join(cells[0]["source"]).startswith("# ") else 0
+    nb["cells"] = [*cells[:at], intro, *cells[at:]]  # under the chapter's title
     nb.setdefault("metadata", {})["colab"] = {"provenance": [], "toc_visible": True}
     return nb
 
@@ -451,11 +455,12 @@ def _check_numbers(app, book: Book) -> None:
     """The copies' equation numbers must be the website's: compare with Sphinx's math domain."""
     from sphinx.errors import ExtensionError
 
-    sphinx_eqs = app.env.get_domain("math").equations  # label -> (docname, number)
+    numbers = app.env.toc_fignumbers  # docname -> figtype -> node id -> number tuple (what the pages print)
     for label, (doc, n) in book.equations.items():
-        if label in sphinx_eqs and tuple(sphinx_eqs[label]) != (doc, n):
-            raise ExtensionError(f"colab: equation {label} is ({n}) in {doc} here but {sphinx_eqs[label]} in "
-                                 f"Sphinx; the converter's numbering rule is out of date")
+        shown = numbers.get(doc, {}).get("displaymath", {}).get(f"equation-{label}")
+        if shown is None or ".".join(map(str, shown)) != str(n):
+            raise ExtensionError(f"colab: equation {label} is ({n}) in the Colab copy of {doc} but {shown} on the "
+                                 f"website; the converter's numbering rule is out of date")
 
 
 def _build_finished(app, exception) -> None:
