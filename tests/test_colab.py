@@ -68,6 +68,7 @@ def test_install_pinned_at_config_address(copies, name):
     assert m, f"{name}: first code cell does not install a pinned xreg_edu:\n{first}"
     assert m["url"] == CONFIG_URL
     assert m["ref"] == BOOK.ref and (re.fullmatch(r"[0-9a-f]{40}", m["ref"]) or re.fullmatch(r"v?\d[\w.]*", m["ref"]))
+    assert f"%env XREG_EDU_SOURCE={CONFIG_URL}@{BOOK.ref}" in first   # benchmark JSON of the same release
     assert "QUICK = xr.setup_chapter(" in first
     # the source preamble (the only other copy of the address) names the same repository
     source_first = "".join(next(c for c in json.loads((ROOT / "book" / name).read_text())["cells"]
@@ -156,3 +157,39 @@ def test_unknown_construct_is_an_error(tmp_path):
     book, path = _tiny_book(tmp_path / "b", [_code('%pip install -q "git+https://x/y"'), _md("{weird}`x`")])
     with pytest.raises(colab.ConversionError, match="weird"):
         colab.convert(path, book)
+
+
+# ------------------------------------------------------------------------------------------------ benchmark JSON
+def test_benchmark_result_in_checkout_and_by_source(tmp_path, monkeypatch):
+    from xreg_edu.datasets import MissingFileError, benchmark_result, results
+
+    name = "bench_rigid_table.json"
+    assert benchmark_result(name) == json.loads((ROOT / "benchmarks" / "results" / name).read_text())
+    with pytest.raises(ValueError, match="name="):
+        benchmark_result("../secrets.json")
+
+    monkeypatch.setattr(results, "CHECKOUT_RESULTS", tmp_path / "none")     # an installed package, no checkout
+    monkeypatch.setenv("XREG_EDU_DATA", str(tmp_path / "cache"))
+    monkeypatch.delenv("XREG_EDU_SOURCE", raising=False)
+    with pytest.raises(MissingFileError, match="XREG_EDU_SOURCE"):
+        benchmark_result(name)
+
+    monkeypatch.setenv("XREG_EDU_SOURCE", "https://github.com/o/r@0123abc")
+    calls = []
+
+    def fake_retrieve(url, known_hash, fname, path, progressbar):
+        calls.append(url)
+        out = Path(path) / fname
+        out.write_text('{"ok": 1}' if "good" not in calls else "<html>proxy error</html>")
+        return str(out)
+
+    import pooch
+
+    monkeypatch.setattr(pooch, "retrieve", fake_retrieve)
+    assert benchmark_result(name) == {"ok": 1}
+    assert calls == [f"https://raw.githubusercontent.com/o/r/0123abc/benchmarks/results/{name}"]
+    assert benchmark_result(name) == {"ok": 1} and len(calls) == 1          # cached under the commit
+    calls.append("good")
+    with pytest.raises(json.JSONDecodeError):
+        benchmark_result("other.json")                                       # an error page is never kept
+    assert not (tmp_path / "cache" / "benchmarks" / "0123abc" / "other.json").exists()

@@ -389,7 +389,9 @@ def convert_markdown(book: Book, doc: str, text: str, state: _State) -> str:
 def _install_cell(book: Book, cell: dict, doc: str) -> dict:
     src = "".join(cell["source"])
     pinned = f'%pip install -q "xreg_edu @ git+{book.repo_url}@{book.ref}"'
-    new, n = re.subn(r"^(?P<indent>[ \t]*)%pip install .*$", lambda m: m["indent"] + pinned, src, flags=re.M)
+    source = f"%env XREG_EDU_SOURCE={book.repo_url}@{book.ref}"  # xr.datasets.benchmark_result downloads from it
+    new, n = re.subn(r"^(?P<indent>[ \t]*)%pip install .*$", lambda m: f"{m['indent']}{pinned}\n{m['indent']}{source}",
+                     src, flags=re.M)
     if n != 1:
         raise ConversionError(f"{doc}: the first code cell must hold one `%pip install` line to pin, found {n}")
     cell = copy.deepcopy(cell)

@@ -20,6 +20,7 @@ _LAZY = {
     "list_datasets": "loaders", "load_dataset": "loaders",
     "dataset_card": "cards", "render_cards": "cards",
     "get_spec": "registry", "REGISTRY": "registry",
+    "benchmark_result": "results",
 }
 
 __all__ = sorted(list(_LAZY) + ["fetch", "fetch_file", "data_dir", "mirror_dir",
