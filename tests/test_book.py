@@ -245,3 +245,43 @@ def test_binder_installs_cpu_torch_and_the_package():
     assert re.search(r"pip install .*--no-deps .*-e \.|pip install .*-e \. .*--no-deps", post), \
         "binder/postBuild must install the package itself"
     assert os.access(ROOT / "binder" / "postBuild", os.X_OK), "binder/postBuild must be executable"
+
+
+# ---------------------------------------------------------------------------------------------- appendix pages
+def test_datasets_page_maps_datasets_to_chapters(tmp_path):
+    from xreg_edu.datasets.cards import chapter_usage
+
+    def nb(path, code):
+        path.write_text(json.dumps({"cells": [{"cell_type": "code", "source": [code], "metadata": {}, "outputs": []},
+                                              {"cell_type": "markdown", "source": ['load_dataset("oasis")']}]}))
+
+    nb(tmp_path / "01_a.ipynb", 'g = xr.load_dataset("open_ms", size=64)\nh = vdata.split_slices("myops_cmr")')
+    nb(tmp_path / "02_b.ipynb", "x = xr.load_dataset('open_ms')\nname = 'cine_cmr'\ny = f(\"not_a_dataset\")")
+    usage = chapter_usage(tmp_path)
+    assert usage["open_ms"] == ["01_a", "02_b"] and usage["myops_cmr"] == ["01_a"]
+    assert usage["cine_cmr"] == [] and usage["oasis"] == []          # a bare string or prose is no use
+    page = (ROOT / "book" / "datasets.md").read_text()
+    real = chapter_usage()
+    assert real["open_ms"], "no chapter loads open_ms?"
+    for name, stems in real.items():
+        row = next(line for line in page.splitlines() if line.startswith(f"| `{name}` |"))
+        for stem in stems:
+            assert f"({stem}.ipynb)" in row, f"datasets.md: {name} row lacks chapter {stem}"
+
+
+def test_instructor_page_tables():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "book" / "_ext"))
+    import course_tables
+
+    text = (ROOT / "book" / "instructors.md").read_text()
+    for table in course_tables.TABLES:
+        assert f"```{{course-table}} {table}" in text, f"instructors.md does not show the {table} table"
+    rows = [r for r in course_tables.exercises() if r.startswith("| ") and r[2].isdigit()]
+    n_ex = sum(len(re.findall(r"^`{3,}\{exercise\}", _markdown(p), re.M)) for p in CHAPTERS)
+    assert len(rows) == n_ex, (len(rows), n_ex)
+    times = json.loads((ROOT / "benchmarks" / "results" / "chapter_times.json").read_text())
+    assert [r["chapter"] for r in times["chapters"]] == [p.stem for p in CHAPTERS], \
+        "chapter_times.json is out of date: run `make timing`"
+    assert all(r["seconds"] > 0 and len(r["load_before"]) == 3 for r in times["chapters"])

@@ -68,10 +68,10 @@ def setup_chapter(seed: int = 0, threads: int = 2) -> bool:
         seed: seeds ``random``, NumPy and torch (CPU and CUDA).
         threads: torch intra-op threads (2: the CI machine's cores; results do not depend on it).
 
-    Matplotlib gets :data:`FIGURE_STYLE` (150 dpi, fonts of 9-11 pt) after its notebook backend is active.
+    Matplotlib gets ``FIGURE_STYLE`` (150 dpi, fonts of 9-11 pt) after its notebook backend is active.
 
     Returns:
-        :func:`is_quick` -- True under ``XREG_EDU_QUICK=1`` (fewer iterations, never another method).
+        :func:`~xreg_edu.widgets.is_quick` -- True under ``XREG_EDU_QUICK=1`` (fewer iterations, never another method).
     """
     import random
 

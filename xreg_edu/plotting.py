@@ -132,7 +132,7 @@ def _draw_contours(ax, lab: np.ndarray, classes: Sequence[int] | None = None, li
 
 
 def page_figsize(width: float, height: float) -> tuple[float, float]:
-    """``(width, height)`` in inches, shrunk (aspect kept) to at most :data:`PAGE_WIDTH` wide, so that the
+    """``(width, height)`` in inches, shrunk (aspect kept) to at most ``xreg_edu._env.PAGE_WIDTH`` inches wide, so that the
     website never scales the figure down and its fonts keep their size in points."""
     scale = min(1.0, PAGE_WIDTH / width)
     return width * scale, height * scale
