@@ -285,3 +285,45 @@ def test_instructor_page_tables():
     assert [r["chapter"] for r in times["chapters"]] == [p.stem for p in CHAPTERS], \
         "chapter_times.json is out of date: run `make timing`"
     assert all(r["seconds"] > 0 and len(r["load_before"]) == 3 for r in times["chapters"])
+
+
+# ---------------------------------------------------------------------------------------------- preamble at run time
+def test_show_versions_and_figure_style(capsys, monkeypatch, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    import xreg_edu as xr
+    from xreg_edu._env import FIGURE_STYLE, PAGE_WIDTH
+
+    monkeypatch.setenv("XREG_EDU_DATA", str(tmp_path / "cache"))
+    old_threads = torch.get_num_threads()
+    try:
+        quick = xr.setup_chapter(seed=3, threads=1)
+        out = capsys.readouterr().out
+        for key, value in (("torch", torch.__version__), ("device", "cpu" if not torch.cuda.is_available() else ""),
+                           ("threads", "1"), ("data cache (XREG_EDU_DATA)", str(tmp_path / "cache"))):
+            assert re.search(rf"^{re.escape(key)}\s+.*{re.escape(value)}", out, re.M), f"show_versions: no {key}"
+        assert quick is xr.widgets.is_quick()
+        assert torch.get_num_threads() == 1
+        a = torch.rand(3)
+        torch.manual_seed(3)
+        assert torch.equal(a, torch.rand(3)), "setup_chapter did not seed torch"
+        assert plt.rcParams["figure.dpi"] >= 150 and plt.rcParams["savefig.dpi"] >= 150
+        sizes = [v for k, v in FIGURE_STYLE.items() if "size" in k]
+        assert sizes and min(sizes) >= 9
+        # the library's figures: at most PAGE_WIDTH wide, no text under 9 pt
+        fig = xr.widgets.small_multiples(lambda **p: {"img": torch.rand(8, 8).numpy(), "score": 1.0},
+                                         {"a": [1, 2, 3, 4, 5, 6], "b": [1, 2]}, quick=False)
+        group = torch.rand(7, 1, 16, 16)
+        figs = [fig, xr.plotting.show_group(group, labels=(group > 0.5).long()), xr.plotting.show_registration(group, group)]
+        for f in figs:
+            assert f.get_size_inches()[0] <= PAGE_WIDTH + 1e-6, f.get_size_inches()
+            small = [t.get_text() for t in f.findobj(matplotlib.text.Text) if t.get_text() and t.get_fontsize() < 9]
+            assert not small, f"text under 9 pt: {small[:3]}"
+            plt.close(f)
+    finally:
+        torch.set_num_threads(old_threads)
+        matplotlib.rcParams.update(matplotlib.rcParamsDefault)
