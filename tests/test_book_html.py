@@ -225,3 +225,25 @@ def test_page_offline_in_browser(page, chrome):
         if not alt or alt.endswith(src.rsplit("/", 1)[-1]) or alt.startswith("<Figure"):
             problems.append(f"{src}: no alt text (code cell metadata mystnb.image.alt)")
     assert not problems, f"{page}:\n  " + "\n  ".join(problems)
+
+
+def test_launch_buttons_point_at_published_copies():
+    """The Colab button of every chapter opens its Colab copy (written by the build); Binder builds binder/."""
+    import sys
+
+    import yaml
+
+    sys.path.insert(0, str(ROOT / "book" / "_ext"))
+    import colab
+
+    cfg = yaml.safe_load((ROOT / "_config.yml").read_text())
+    url = cfg["repository"]["url"].rstrip("/")
+    org_repo = url.split("github.com/", 1)[1]
+    branch = cfg["sphinx"]["config"]["colab_branch"]
+    for path in colab._toc_chapters(ROOT):
+        doc = path.relative_to(ROOT).with_suffix("").as_posix()
+        page = (HTML / f"{doc}.html").read_text()
+        want = f"https://colab.research.google.com/github/{org_repo}/blob/{branch}/{colab.COLAB_DIR}/{doc}.ipynb"
+        assert want in page, f"{doc}: no Colab button to {want}"
+        assert (HTML / colab.COLAB_DIR / f"{doc}.ipynb").is_file(), f"{doc}: the build wrote no Colab copy"
+        assert f"https://mybinder.org/v2/gh/{org_repo}/" in page, f"{doc}: no Binder button"
