@@ -41,7 +41,8 @@ def run(path: Path, timeout: int) -> dict:
         NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
                        ).execute()
     except Exception as err:  # the chapter failed: report it with the time it took, never a made-up number
-        error = f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:300] if str(err).strip() else ''}"
+        lines = [ln for ln in str(err).splitlines() if ln.strip()]
+        error = f"{type(err).__name__}: " + " | ".join(lines[-3:])[:400]
     seconds = time.perf_counter() - t0
     return {"chapter": path.stem, "seconds": round(seconds, 1), "ok": error is None, "error": error,
             "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in os.getloadavg()]}
@@ -64,6 +65,10 @@ def main(argv=None) -> int:
               f"{'' if rows[-1]['ok'] else '  FAILED ' + rows[-1]['error']}", flush=True)
     import torch
 
+    if args.only and OUT.is_file():  # re-timed chapters replace their rows, the others stay
+        old = {r["chapter"]: r for r in json.loads(OUT.read_text())["chapters"]}
+        old.update({r["chapter"]: r for r in rows})
+        rows = [old[p.stem] for p in chapters() if p.stem in old]
     result = {
         "what": "wall-clock seconds per chapter, each in a fresh kernel, figures static",
         "mode": "full" if args.full else "quick (XREG_EDU_QUICK=1)",
