@@ -13,9 +13,9 @@ import torch
 
 import xreg_edu as xr
 from xreg_edu.evaluate import folding_percentage, group_dice, group_registration_error
-from xreg_edu.groupwise import (GMM, XCoReg, GroupSample, RegistrationResult, e_step, estep, frame_dice,
-                                histograms as H, log_posterior, motion_correct, motion_report, region_curve,
-                                register_group)
+from xreg_edu.groupwise import (GMM, XCoReg, ConvergenceOptions, GroupSample, ObjectiveOptions, RegistrationResult,
+                                ScheduleOptions, e_step, estep, frame_dice, histograms as H, log_posterior,
+                                motion_correct, motion_report, region_curve, register_group)
 from xreg_edu.simulate import misalign
 
 pytestmark = pytest.mark.usefixtures("one_thread_full_budget")
@@ -150,7 +150,8 @@ def test_history_with_gradient_descent_never_increases_beyond_tolerance(brain80)
     overshoots by a few %, which is why this is stated for gradient descent), and the run converges."""
     g, fg = brain80
     obs, mis = misalign(g, "rigid", seed=1, **RIGID)
-    r = register_group(obs, optimizer="sgd", step_size=10.0, iterations=150, tol=0.0, sample_rate=1.0)
+    r = register_group(obs, schedule=ScheduleOptions(optimizer="sgd", step_size=10.0, iterations=150),
+                       convergence=ConvergenceOptions(tol=0.0))
     h = torch.tensor(r.history)
     tol = 0.01 * abs(float(h[-1]))
     assert float((h[1:] - h[:-1]).max()) <= tol
@@ -160,9 +161,9 @@ def test_history_with_gradient_descent_never_increases_beyond_tolerance(brain80)
 
 def test_same_seed_same_numbers(brain48):
     obs, _ = misalign(brain48, "rigid", seed=3, **RIGID)
-    a = register_group(obs, seed=7, iterations=30, sample_rate=0.5)
-    b = register_group(obs, seed=7, iterations=30, sample_rate=0.5)
-    c = register_group(obs, seed=8, iterations=30, sample_rate=0.5)
+    a = register_group(obs, seed=7, schedule=ScheduleOptions(iterations=30, sample_rate=0.5))
+    b = register_group(obs, seed=7, schedule=ScheduleOptions(iterations=30, sample_rate=0.5))
+    c = register_group(obs, seed=8, schedule=ScheduleOptions(iterations=30, sample_rate=0.5))
     assert a.history == b.history
     assert torch.equal(a.points, b.points) and torch.equal(a.posterior, b.posterior)
     assert not torch.equal(a.posterior, c.posterior)
@@ -170,7 +171,7 @@ def test_same_seed_same_numbers(brain48):
 
 def test_result_container_and_options(brain48):
     obs, _ = misalign(brain48, "rigid", seed=0, **RIGID)
-    r = register_group(obs, iterations=20, num_classes=3)
+    r = register_group(obs, num_classes=3, schedule=ScheduleOptions(iterations=20))
     assert isinstance(r, RegistrationResult)
     assert r.warped.shape == obs.images.shape and r.points.shape == (3, 2, 48, 48)
     assert r.posterior.shape == (3, 48, 48) and torch.allclose(r.posterior.sum(0), torch.ones(48, 48), atol=1e-5)
@@ -193,8 +194,10 @@ def test_xcoreg_options_all_register(brain80):
     obs, mis = misalign(g, "rigid", seed=5, **RIGID)
     before = float(group_registration_error(mis.points, fg))
     template = torch.softmax(torch.randn(4, *g.shape, generator=torch.Generator().manual_seed(0)), 0)
-    for kw in (dict(appearance="gauss"), dict(prior=template), dict(init_posterior=template, warmup=3),
-               dict(lookup="spline", pyramid=2), dict(sample_rate=0.5, mask=loose), dict(transform="rigid+affine")):
+    for kw in (dict(objective=ObjectiveOptions(appearance="gauss")), dict(objective=ObjectiveOptions(prior=template)),
+               dict(objective=ObjectiveOptions(init_posterior=template, warmup=3)),
+               dict(objective=ObjectiveOptions(lookup="spline"), schedule=ScheduleOptions(pyramid=2)),
+               dict(schedule=ScheduleOptions(sample_rate=0.5), mask=loose), dict(transform="rigid+affine")):
         r = register_group(obs, seed=0, **kw)
         assert _gre(r, mis, fg) < 0.3 * before, kw
 
@@ -202,22 +205,22 @@ def test_xcoreg_options_all_register(brain80):
 # --------------------------------------------------------------------------------------------- variable N
 def test_variable_group_size(brain48):
     # N = 2
-    r = register_group(brain48.subset([0, 1]), iterations=15)
+    r = register_group(brain48.subset([0, 1]), schedule=ScheduleOptions(iterations=15))
     assert r.warped.shape[0] == 2
     # N = 12: the open_ms set across patients and contrasts (inter-subject, so only a lower loss is asserted)
     ms = xr.load_dataset("open_ms", size=48, subjects="all")
     assert len(ms) == 12
-    r = register_group(ms, iterations=25)
+    r = register_group(ms, schedule=ScheduleOptions(iterations=25))
     assert r.warped.shape[0] == 12 and r.history[-1] < r.history[0]
     # N = 17: all cine frames of one slice
     cine = xr.load_dataset("cine_cmr", size=48)
-    r = register_group(cine, iterations=10)
+    r = register_group(cine, schedule=ScheduleOptions(iterations=10))
     assert r.warped.shape[0] == 17
     # N = 128: real images re-misaligned many times (smoke test, few iterations)
     big = xr.load_dataset("open_ms", size=32, subjects="all")
     parts = [misalign(big, "rigid", seed=s, max_angle_deg=10, max_translation_mm=8)[0].images for s in range(11)]
     images = torch.cat(parts)[:128]
-    r = register_group(images, spacing=big.spacing, iterations=3, num_classes=4)
+    r = register_group(images, spacing=big.spacing, num_classes=4, schedule=ScheduleOptions(iterations=3))
     assert r.warped.shape == (128, 1, 32, 32) and torch.isfinite(torch.tensor(r.history)).all()
 
 
@@ -225,7 +228,7 @@ def test_variable_group_size(brain48):
 @pytest.mark.parametrize("method", ["cte", "gmm", "cg"])
 def test_baselines_reduce_their_loss(brain48, method):
     obs, _ = misalign(brain48, "rigid", seed=2, **RIGID)
-    r = register_group(obs, method=method, iterations=40)
+    r = register_group(obs, method=method, schedule=ScheduleOptions(iterations=40))
     assert len(r.history) >= 20 and r.history[-1] < r.history[0]
 
 
@@ -289,13 +292,13 @@ def test_clear_errors(brain48):
     with pytest.raises(ValueError, match="num_classes"):
         register_group(imgs, num_classes=1)
     with pytest.raises(ValueError, match="bins"):
-        register_group(imgs, bins=1)
+        register_group(imgs, objective=ObjectiveOptions(bins=1))
     bad = imgs.clone()
     bad[0, 0, 0, 0] = math.nan
     with pytest.raises(ValueError, match="non-finite"):
         register_group(bad)
     with pytest.raises(ValueError, match="sample_rate"):
-        register_group(imgs, sample_rate=0.0)
+        register_group(imgs, schedule=ScheduleOptions(sample_rate=0.0))
     with pytest.raises(ValueError, match="unknown method"):
         register_group(imgs, method="ssd-magic")
     with pytest.raises(ValueError, match="unknown transform"):

@@ -228,7 +228,7 @@ def _summary_png(group, result, path: Path) -> Path:
 
 
 def cmd_register(args) -> int:
-    from .groupwise import register_group
+    from .groupwise import ObjectiveOptions, ScheduleOptions, parse_transform, register_group
 
     for name, val, ok in (("--classes", args.classes, args.classes >= 2), ("--bins", args.bins, args.bins >= 2),
                           ("--sample-rate", args.sample_rate, 0 < args.sample_rate <= 1),
@@ -240,12 +240,13 @@ def cmd_register(args) -> int:
     group = _load(args.images, args.device)
     mask = _load_mask(args.mask, group.shape) if args.mask else None
     try:
-        result = register_group(group, method=args.method, transform=args.transform, num_classes=args.classes,
-                                step_size=args.step_size, iterations=args.iterations, bins=args.bins,
-                                sample_rate=args.sample_rate, mask=mask, seed=args.seed, device=args.device,
-                                progress=args.progress, pyramid=args.pyramid, alpha=args.alpha,
-                                control_spacing=args.control_spacing,
-                                velocity_spacing=args.control_spacing)
+        levels = parse_transform(args.transform, alpha=args.alpha, control_spacing=args.control_spacing,
+                                 velocity_spacing=args.control_spacing)
+        result = register_group(group, method=args.method, transform=levels, num_classes=args.classes, mask=mask,
+                                seed=args.seed, device=args.device, progress=args.progress,
+                                objective=ObjectiveOptions(bins=args.bins),
+                                schedule=ScheduleOptions(step_size=args.step_size, iterations=args.iterations,
+                                                         pyramid=args.pyramid, sample_rate=args.sample_rate))
     except (ValueError, TypeError) as err:
         raise CLIError(str(err)) from err
     written = _save_outputs(group, result, Path(args.output), png=not args.no_png)

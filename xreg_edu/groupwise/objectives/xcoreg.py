@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..._checks import check_class_maps
 from ...density import EPS, class_entropies
 from .. import estep
 from .. import histograms as H
@@ -69,13 +70,15 @@ class XCoReg(GroupObjective):
         if estep_histogram not in ("spline", "hard"):
             raise ValueError(f"estep_histogram must be 'spline' or 'hard', got {estep_histogram!r}")
         if not (0 <= min_prob < 1.0 / num_classes):
-            raise ValueError(f"min_prob must lie in [0, 1/K), got {min_prob}")
+            raise ValueError(f"min_prob={min_prob:g} must lie in [0, 1/num_classes) = [0, {1.0 / num_classes:.3g}): "
+                             f"with num_classes={num_classes} use fewer classes or a smaller min_prob "
+                             f"(e.g. {0.1 / num_classes:.1g})")
         if isinstance(prior, str) and prior != "global":
             raise ValueError(f"prior must be 'global' or an atlas tensor [K, *S], got {prior!r}")
-        if isinstance(prior, Tensor) and prior.shape[0] != num_classes:
-            raise ValueError(f"atlas prior has {prior.shape[0]} classes, expected K = {num_classes}")
-        if init_posterior is not None and init_posterior.shape[0] != num_classes:
-            raise ValueError(f"init_posterior has {init_posterior.shape[0]} classes, expected K = {num_classes}")
+        if isinstance(prior, Tensor):
+            check_class_maps(prior, "prior", num_classes)
+        if init_posterior is not None:
+            check_class_maps(init_posterior, "init_posterior", num_classes)
         self.num_classes = num_classes
         self.bins = bins
         self.appearance = appearance
