@@ -117,10 +117,10 @@ _FIELD = _rand(3, 2, 16, 16)
 _POST = torch.softmax(_rand(4, 16, 16) * 4, 0)
 
 CASES += [
-    pytest.param(_fetch_cut, TruncatedDownloadError, r"truncated download .* of 10240 bytes .*IncompleteRead\(1000 bytes read",
-                 id="item5-download-cut-short-with-content-length"),
-    pytest.param(_fetch_into_unwritable_cache, CacheNotWritableError, r"cannot write to the dataset cache.*XREG_EDU_DATA",
-                 id="item5-unwritable-cache-names-XREG_EDU_DATA"),
+    pytest.param(_fetch_cut, TruncatedDownloadError,
+                 r"truncated download .* of 10240 bytes .*IncompleteRead\(1000 bytes read", id="item5-download-cut-short-with-content-length"),
+    pytest.param(_fetch_into_unwritable_cache, CacheNotWritableError,
+                 r"cannot write to the dataset cache.*XREG_EDU_DATA", id="item5-unwritable-cache-names-XREG_EDU_DATA"),
     pytest.param(lambda: info.gaussian_total_correlation(torch.ones(3, 1, 8, 8)), ValueError,
                  r"image\(s\) \[0, 1, 2\] are constant \(zero variance\)", id="item11-gaussian-tc-constant"),
     pytest.param(lambda: info.total_correlation(torch.cat([_GROUP3[:2], torch.full((1, 1, 16, 16), 0.3)]),
@@ -576,3 +576,21 @@ def test_item9_half_precision_inputs_give_the_float32_answer(dtype):
         got, want = fn(*a), fn(*b)
         assert torch.isfinite(got) and got.dtype == torch.float32, fn.__name__
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=fn.__name__)
+
+
+def test_item2_output_filled_during_the_run_is_not_replaced(files, tmp_path, monkeypatch, capsys):
+    """Another run (or the user) fills OUT while this one registers: without --overwrite it is left alone."""
+    import xreg_edu.cli as cli
+
+    out = tmp_path / "out"
+    save = cli._save_outputs
+
+    def meanwhile(group, result, staging, png):
+        out.mkdir()
+        (out / "warped_other.nii.gz").write_bytes(b"another run")
+        return save(group, result, staging, png)
+
+    monkeypatch.setattr(cli, "_save_outputs", meanwhile)
+    assert main(["register", *_group(files), "-o", str(out), *_FAST, "--no-png"]) == 2
+    assert "is not empty" in capsys.readouterr().err
+    assert _listing(out) == {"warped_other.nii.gz": b"another run"} and [p.name for p in tmp_path.iterdir()] == ["out"]

@@ -296,6 +296,7 @@ def _write_outputs(group, result, out: Path, args) -> list[Path]:
     try:
         written = _save_outputs(group, result, staging, png=not args.no_png)
         written.append(_write_manifest(staging, written, args))
+        _check_output(out, args.overwrite)      # again: another run may have filled OUT in the meantime
         _install(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
