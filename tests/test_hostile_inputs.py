@@ -118,9 +118,11 @@ _POST = torch.softmax(_rand(4, 16, 16) * 4, 0)
 
 CASES += [
     pytest.param(_fetch_cut, TruncatedDownloadError,
-                 r"truncated download .* of 10240 bytes .*IncompleteRead\(1000 bytes read", id="item5-download-cut-short-with-content-length"),
+                 r"truncated download .* of 10240 bytes .*IncompleteRead\(1000 bytes read",
+                 id="item5-download-cut-short-with-content-length"),
     pytest.param(_fetch_into_unwritable_cache, CacheNotWritableError,
-                 r"cannot write to the dataset cache.*XREG_EDU_DATA", id="item5-unwritable-cache-names-XREG_EDU_DATA"),
+                 r"cannot write to the dataset cache.*XREG_EDU_DATA",
+                 id="item5-unwritable-cache-names-XREG_EDU_DATA"),
     pytest.param(lambda: info.gaussian_total_correlation(torch.ones(3, 1, 8, 8)), ValueError,
                  r"image\(s\) \[0, 1, 2\] are constant \(zero variance\)", id="item11-gaussian-tc-constant"),
     pytest.param(lambda: info.total_correlation(torch.cat([_GROUP3[:2], torch.full((1, 1, 16, 16), 0.3)]),
