@@ -5,6 +5,7 @@ misaligned by seeded synthetic transforms whose inverse is the answer. Sizes are
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 
@@ -183,6 +184,21 @@ def test_result_container_and_options(brain48):
     # the common space is the group mean: mean rigid parameters are zero
     assert r.transform.levels[0].matrix()[:, :, 2].mean(0).abs().max() < 1e-4
     assert r.options["method"] == "xcoreg" and r.seconds > 0 and "xcoreg" in r.summary()
+    assert json.loads(json.dumps(r.options))["schedule"]["iterations"] == [20]
+
+
+def test_option_objects_set_the_stages(brain48):
+    """Per-level budgets and steps, the pyramid's refine factor and a level's own fields reach the loop."""
+    obs, _ = misalign(brain48, "rigid", seed=1, **RIGID)
+    levels = ["rigid", xr.TransformLevel("ffd", control_spacing=12.0, alpha=0.05)]
+    r = register_group(obs, transform=levels, schedule=ScheduleOptions(iterations=(6, 4), step_size=(1.0, 0.2),
+                                                                       pyramid=2, refine_step=0.5),
+                       convergence=ConvergenceOptions(tol=0.0))
+    assert [s["name"] for s in r.stages] == ["rigid@1/2", "rigid@1/1", "ffd@1/2", "ffd@1/1"]
+    assert [s["iterations"] for s in r.stages] == [6, 6, 4, 4]
+    assert [s["step_size"] for s in r.stages] == pytest.approx([1.0, 0.5, 0.2, 0.1])
+    assert r.transform.levels[1].control_spacing == (12.0, 12.0)
+    assert r.options["transform"][1]["alpha"] == 0.05 and r.options["transform"][0]["alpha"] == 0.0
 
 
 def test_xcoreg_options_all_register(brain80):
@@ -225,13 +241,6 @@ def test_variable_group_size(brain48):
 
 
 # --------------------------------------------------------------------------------------------- baselines
-@pytest.mark.parametrize("method", ["cte", "gmm", "cg"])
-def test_baselines_reduce_their_loss(brain48, method):
-    obs, _ = misalign(brain48, "rigid", seed=2, **RIGID)
-    r = register_group(obs, method=method, schedule=ScheduleOptions(iterations=40))
-    assert len(r.history) >= 20 and r.history[-1] < r.history[0]
-
-
 def test_gmm_symmetric_initialisation_degenerates(brain48):
     v = brain48.images.reshape(3, -1)
     sample = GroupSample((v - v.mean(1, keepdim=True)) / v.std(1, keepdim=True), torch.ones(v.shape[1], dtype=bool),

@@ -37,7 +37,7 @@ def _number(value, name: str, *, positive: bool = False) -> None:
         raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
 
 
-def _per_level(value, name: str, check) -> None:
+def _each(value, name: str, check) -> None:
     """``None``, one value, or a tuple/list of values (one per transform level), each passing ``check``."""
     if value is None:
         return
@@ -215,8 +215,8 @@ class ScheduleOptions(_Options):
 
     def __post_init__(self) -> None:
         _choice(self.optimizer, "optimizer", ("adam", "sgd"))
-        _per_level(self.step_size, "step_size", lambda v, n: _number(v, n, positive=True))
-        _per_level(self.iterations, "iterations", lambda v, n: _integer(v, n, 1))
+        _each(self.step_size, "step_size", lambda v, n: _number(v, n, positive=True))
+        _each(self.iterations, "iterations", lambda v, n: _integer(v, n, 1))
         _integer(self.pyramid, "pyramid", 1)
         _number(self.refine_step, "refine_step", positive=True)
         if not (isinstance(self.sample_rate, numbers.Real) and not isinstance(self.sample_rate, bool)
