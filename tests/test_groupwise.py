@@ -199,6 +199,8 @@ def test_option_objects_set_the_stages(brain48):
     assert [s["step_size"] for s in r.stages] == pytest.approx([1.0, 0.5, 0.2, 0.1])
     assert r.transform.levels[1].control_spacing == (12.0, 12.0)
     assert r.options["transform"][1]["alpha"] == 0.05 and r.options["transform"][0]["alpha"] == 0.0
+    atlas = torch.rand(4, 48, 48)
+    assert ObjectiveOptions(prior=atlas) == ObjectiveOptions(prior=atlas.clone()) != ObjectiveOptions()
 
 
 def test_xcoreg_options_all_register(brain80):

@@ -12,6 +12,7 @@ import math
 import numbers
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor
 
 from .._checks import check_bins
@@ -99,6 +100,13 @@ class ObjectiveOptions(_Options):
     kernel_sigma: float = 1.0
     regularization: str = "bending"
     normalize: bool = True
+
+    def __eq__(self, other) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        same = (lambda a, b: isinstance(b, Tensor) and a.shape == b.shape and bool(torch.equal(a, b.to(a.device)))
+                if isinstance(a, Tensor) else not isinstance(b, Tensor) and a == b)
+        return all(same(getattr(self, f.name), getattr(other, f.name)) for f in dataclasses.fields(self))
 
     def __post_init__(self) -> None:
         check_bins(self.bins)
