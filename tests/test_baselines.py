@@ -2,10 +2,11 @@
 going red when the objective's gradient is zeroed (transforms then never follow the objective).
 
 Group: open_ms patient07 T1/T2/FLAIR, one axial slice at 64 x 64 (2.9 mm), misaligned by seeded rigid transforms
-(+-15 deg, +-12 mm, group mean zero) whose inverse is the answer. Measured (2-core CPU, seeds 0-3): gRE before
-6.2-9.8 mm; after CTE 0.16-0.26, GMM 0.14-0.25, GMM-sym 0.20-0.31, CG 0.42-0.57 mm; with the gradient zeroed
-2.4-5.7 mm (the engine's centroid initialisation still moves translations; nothing follows the objective).
-The threshold, 1 mm and 20 % of the start, is below every broken run and about twice the worst measured success.
+(+-15 deg, +-12 mm, group mean zero) whose inverse is the answer. Measured (2-core shared CPU, seeds 0-3, engine of
+2026-12-02): gRE before 6.2-9.8 mm; after CTE 0.16-0.28, GMM 0.14-0.27, GMM-sym 0.20-0.31, CG 0.42-0.65 mm; with the
+gradient zeroed 2.4-5.7 mm (the engine's centroid start still moves translations; without it the gRE stays at the
+start). Thresholds: 0.75 mm (CG: 1.5 mm), about 2.3x the worst measured success and below every broken run, and
+always < 20 % of the start.
 """
 from __future__ import annotations
 
@@ -21,13 +22,12 @@ from xreg_edu.simulate import misalign
 pytestmark = pytest.mark.usefixtures("one_thread_full_budget")
 
 RIGID = dict(max_angle_deg=15.0, max_translation_mm=12.0)
-BASELINES = {  # name -> (register_group keywords, objective class)
-    "cte": (dict(method="cte"), CTE),
-    "gmm": (dict(method="gmm"), GMM),
-    "gmm_sym": (dict(method="gmm", objective=ObjectiveOptions(gmm_init="symmetric")), GMM),
-    "cg": (dict(method="cg"), Congealing),
+BASELINES = {  # name -> (register_group keywords, objective class, gRE threshold in mm)
+    "cte": (dict(method="cte"), CTE, 0.75),
+    "gmm": (dict(method="gmm"), GMM, 0.75),
+    "gmm_sym": (dict(method="gmm", objective=ObjectiveOptions(gmm_init="symmetric")), GMM, 0.75),
+    "cg": (dict(method="cg"), Congealing, 1.5),
 }
-THRESHOLD_MM = 1.0
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +36,11 @@ def brain64():
     return g, g.images.mean(0)[0] > 0.02
 
 
-def registered(result, mis, fg) -> bool:
-    """The accuracy check: gRE after < 1 mm and < 20 % of the gRE before."""
+def registered(result, mis, fg, threshold_mm: float) -> bool:
+    """The accuracy check: gRE after < ``threshold_mm`` and < 20 % of the gRE before."""
     before = float(group_registration_error(mis.points, fg))
     after = float(group_registration_error(mis.true_points(result.points), fg))
-    return after < THRESHOLD_MM and after < 0.2 * before
+    return after < threshold_mm and after < 0.2 * before
 
 
 def zero_gradient(monkeypatch, cls) -> None:
@@ -64,7 +64,8 @@ def test_baseline_recovers_a_known_misalignment(brain64, name):
     g, fg = brain64
     for seed in (0, 2):
         r, mis = _run(g, name, seed)
-        assert registered(r, mis, fg), (name, seed, float(group_registration_error(mis.true_points(r.points), fg)))
+        after = float(group_registration_error(mis.true_points(r.points), fg))
+        assert registered(r, mis, fg, BASELINES[name][2]), (name, seed, after)
 
 
 @pytest.mark.parametrize("name", list(BASELINES))
@@ -72,7 +73,7 @@ def test_broken_objective_fails_the_same_check(brain64, name, monkeypatch):
     g, fg = brain64
     zero_gradient(monkeypatch, BASELINES[name][1])
     r, mis = _run(g, name, 0)
-    assert not registered(r, mis, fg)
+    assert not registered(r, mis, fg, BASELINES[name][2])
 
 
 def test_loss_decrease_comes_from_the_transforms(brain64, monkeypatch):
