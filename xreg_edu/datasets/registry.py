@@ -513,7 +513,8 @@ _ORIGINS = {
     "brainweb20_crisp_eecs556": ("EECS556/EECS556_brain", "4da6b61b3f77c09ac68ae1be17823413f71b760a", lambda p: p),
     "qperf_perfusion_nhlbi": (
         "xueh2/QPerf", "436d64b390876fdd4e9c410aef70970febf1e405",
-        lambda p: p if p.startswith("examples/") else "deep_learning/aif_detection/data/aif/example1/" + p.split("/", 1)[1]),
+        lambda p: p if p.startswith("examples/") else
+        "deep_learning/aif_detection/data/aif/example1/" + p.split("/", 1)[1]),
     "brats2015_deepmedic_pat0004": ("deepmedic/deepmedic", "e10ba7c3570d06194f5dadca91d99d5e7bba7de5",
                                     lambda p: f"examples/dataForExamples/brats2015TrainingData/validation/{p}"),
 }
