@@ -872,7 +872,8 @@ _SPECS = [
         label_names={0: "background", 1: "LV blood pool", 2: "RV blood pool"},
         default_group=("99 images aif/frame00..frame98 (the whole AIF series; frames= selects some; rest: 68 "
                        "frames, stress: 59). labels=None: the single LV/RV mask (aif only) is in meta['series_labels'] "
-                       "[1, 1, H, W], not copied to every frame (that would fake a perfect alignment); "
+                       "[N, 1, H, W], the same map for each frame, kept out of labels (as per-frame labels it would "
+                       "fake a perfect alignment); "
                        "meta['aif'] holds the rest/stress arterial input function (mmol/L per frame)."),
         dims=(2,),
         notes=("No pixel spacing is stored (headers say 1): 1 mm per pixel is assumed, so spacings are in pixels. "
