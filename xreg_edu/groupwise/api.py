@@ -1,6 +1,7 @@
 """``register_group``: the public entry point of groupwise registration (X-CoReg and the baselines)."""
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import torch
@@ -232,6 +233,8 @@ def register_group(images: Tensor | ImageGroup, method: str = "xcoreg",
     record = run_stages(work, spacing, composite, objective_fn, stages, mask=mask, generator=generator,
                         options=opts)
 
+    for message in record.warnings:
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
     with torch.no_grad():
         grid = identity_grid(shape, spacing, device=device, dtype=images.dtype)
         points = composite(grid)
@@ -246,4 +249,5 @@ def register_group(images: Tensor | ImageGroup, method: str = "xcoreg",
     return RegistrationResult(warped=warped, transform=composite, points=points, spacing=spacing,
                               posterior=state.get("posterior"), prior=state.get("prior"), history=record.history,
                               stage_of_iteration=record.stage_of_iteration, stages=record.stages,
-                              seconds=record.seconds, method=method, options=options)
+                              seconds=record.seconds, method=method, options=options,
+                              warnings=list(record.warnings))
