@@ -41,8 +41,8 @@ def make_group(size: int, device: str):
     return g.to(device)
 
 
-def timed_run(images, spacing, device, iterations, **kw):
-    from xreg_edu.groupwise import register_group
+def timed_run(images, spacing, device, iterations, transform="rigid", sample_rate=1.0):
+    from xreg_edu.groupwise import ConvergenceOptions, ScheduleOptions, register_group
 
     stamps = []
 
@@ -53,7 +53,9 @@ def timed_run(images, spacing, device, iterations, **kw):
 
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    r = register_group(images, spacing=spacing, iterations=iterations, tol=0.0, device=device, callback=cb, **kw)
+    r = register_group(images, transform=transform, spacing=spacing, device=device, callback=cb,
+                       schedule=ScheduleOptions(iterations=iterations, sample_rate=sample_rate),
+                       convergence=ConvergenceOptions(tol=0.0))
     dt = np.diff(stamps[1:])                                   # skip the first (warm-up) iteration
     mem = torch.cuda.max_memory_allocated() / 2 ** 20 if device.startswith("cuda") else float("nan")
     return r, {"iterations_per_s": float(1.0 / statistics.median(dt)), "ms_per_iteration": float(1e3 * np.median(dt)),
@@ -73,7 +75,7 @@ def main(argv=None) -> int:
         print("CUDA is not available: run with --device cpu --size 48 for a smoke test", file=sys.stderr)
         return 2
     from xreg_edu.evaluate import group_registration_error
-    from xreg_edu.groupwise import register_group
+    from xreg_edu.groupwise import ConvergenceOptions, ScheduleOptions, TransformLevel, register_group
     from xreg_edu.simulate import misalign
 
     g = make_group(args.size, args.device)
@@ -81,13 +83,13 @@ def main(argv=None) -> int:
     fg = g.images.mean(0)[0] > 0.02
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
     print(f"group {tuple(obs.images.shape)} at {tuple(round(s, 3) for s in obs.spacing)} mm on {name}", flush=True)
-    register_group(obs.images[:, :, ::4, ::4, ::4], spacing=tuple(4 * s for s in obs.spacing), iterations=3,
-                   device=args.device)                                 # warm-up (kernels, allocator)
+    register_group(obs.images[:, :, ::4, ::4, ::4], spacing=tuple(4 * s for s in obs.spacing),
+                   device=args.device, schedule=ScheduleOptions(iterations=3))                                 # warm-up (kernels, allocator)
 
     configs = {
         "rigid, rho=1": {"transform": "rigid"},
         "rigid, rho=0.1": {"transform": "rigid", "sample_rate": 0.1},
-        "ffd 20 mm, rho=1": {"transform": "ffd", "control_spacing": 20.0},
+        "ffd 20 mm, rho=1": {"transform": TransformLevel("ffd", control_spacing=20.0)},
     }
     rows = {}
     for label, kw in configs.items():
@@ -100,7 +102,8 @@ def main(argv=None) -> int:
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    r = register_group(obs, transform="rigid", device=args.device, pyramid=2, tol=1e-3)
+    r = register_group(obs, transform="rigid", device=args.device, schedule=ScheduleOptions(pyramid=2),
+                       convergence=ConvergenceOptions(tol=1e-3))
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
     conv = {"seconds": time.perf_counter() - t0, "iterations": r.iterations,

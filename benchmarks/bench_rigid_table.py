@@ -30,15 +30,24 @@ import numpy as np
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
-METHODS = {                     # label -> register_group keywords
-    "X-CoReg": {"method": "xcoreg"},
-    "APE": {"method": "ape"},
-    "CTE": {"method": "cte"},
-    "GMM": {"method": "gmm", "gmm_init": "random"},
-    "GMM-sym": {"method": "gmm", "gmm_init": "symmetric"},
-    "CG": {"method": "cg"},
+METHODS = {                     # label -> (method, ObjectiveOptions fields)
+    "X-CoReg": ("xcoreg", {}),
+    "APE": ("ape", {}),
+    "CTE": ("cte", {}),
+    "GMM": ("gmm", {"gmm_init": "random"}),
+    "GMM-sym": ("gmm", {"gmm_init": "symmetric"}),
+    "CG": ("cg", {}),
 }
-PRESETS = {"fast": {"pyramid": 2, "tol": 1e-3}, "default": {}}
+PRESETS = {"fast": {"schedule": {"pyramid": 2}, "convergence": {"tol": 1e-3}}, "default": {}}  # option fields
+
+
+def preset_options(preset: str, **schedule) -> dict:
+    """register_group's ``schedule=`` / ``convergence=`` for ``preset`` (``schedule`` fields override it)."""
+    from xreg_edu.groupwise import ConvergenceOptions, ScheduleOptions
+
+    p = PRESETS[preset]
+    return {"schedule": ScheduleOptions(**{**p.get("schedule", {}), **schedule}),
+            "convergence": ConvergenceOptions(**p.get("convergence", {}))}
 TALK = {"None": "40.65 ± 4.29", "GMM": "15.84 ± 7.78", "CTE": "13.46 ± 5.04", "APE": "5.36 ± 2.60",
         "X-CoReg": "5.52 ± 1.90"}
 TALK_TIME = {"GMM": 0.57, "CTE": 0.98, "APE": 2.02, "X-CoReg": 1.00}
@@ -88,7 +97,7 @@ def main(argv=None) -> int:
 
     import xreg_edu as xr
     from xreg_edu.evaluate import group_registration_error
-    from xreg_edu.groupwise import register_group
+    from xreg_edu.groupwise import ObjectiveOptions, register_group
     from xreg_edu.simulate import misalign
 
     if args.loader_crop:
@@ -104,7 +113,7 @@ def main(argv=None) -> int:
           f"device={args.device}, load average {os.getloadavg() if hasattr(os, 'getloadavg') else 'n/a'}",
           flush=True)
     # warm-up (lazy imports, allocator)
-    register_group(group, iterations=5, device=args.device, **PRESETS[args.preset])
+    register_group(group, device=args.device, **preset_options(args.preset, iterations=5))
 
     rows = {"None": {"gre": [], "seconds": []}}
     rows.update({m: {"gre": [], "seconds": [], "iterations": [], "converged": []} for m in methods})
@@ -117,8 +126,9 @@ def main(argv=None) -> int:
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            r = register_group(obs, transform="rigid", seed=seed, device=args.device, **PRESETS[args.preset],
-                               **METHODS[m])
+            method, objective = METHODS[m]
+            r = register_group(obs, method=method, transform="rigid", seed=seed, device=args.device,
+                               objective=ObjectiveOptions(**objective), **preset_options(args.preset))
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t0

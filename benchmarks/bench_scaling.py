@@ -67,7 +67,7 @@ def make_group(n: int):
 
 def measure(method: str, images, spacing, device: str, budget: float, min_timed: int = 2, max_timed: int = 8):
     """Time the iterations of one registration and its peak memory (run in a fresh worker process)."""
-    from xreg_edu.groupwise import register_group
+    from xreg_edu.groupwise import ConvergenceOptions, ObjectiveOptions, ScheduleOptions, register_group
 
     stamps = []
     t_start = [None]
@@ -88,8 +88,9 @@ def measure(method: str, images, spacing, device: str, budget: float, min_timed:
         base_cuda = torch.cuda.memory_allocated()
     t_start[0] = time.perf_counter()
     try:
-        register_group(images, spacing=spacing, method=method, transform="rigid", num_classes=4, bins=32,
-                       iterations=max_timed + 1, tol=0.0, device=device, callback=cb)
+        register_group(images, spacing=spacing, method=method, transform="rigid", num_classes=4, device=device,
+                       callback=cb, objective=ObjectiveOptions(bins=32),
+                       schedule=ScheduleOptions(iterations=max_timed + 1), convergence=ConvergenceOptions(tol=0.0))
     except _Enough:
         pass
     per_iter = statistics.median(np.diff(stamps)) if len(stamps) > 1 else float("nan")
@@ -107,9 +108,9 @@ def worker(group_file: str, method: str, n: int, device: str, budget: float, thr
     torch.set_num_threads(threads)
     data = torch.load(group_file)
     images, spacing = data["images"][:n], tuple(data["spacing"])
-    from xreg_edu.groupwise import register_group
-    register_group(images[:2, :, 40:88, 40:88].to(device), spacing=spacing, method=method, iterations=2, tol=0.0,
-                   device=device)                                  # warm-up of imports / kernels, small
+    from xreg_edu.groupwise import ConvergenceOptions, ScheduleOptions, register_group
+    register_group(images[:2, :, 40:88, 40:88].to(device), spacing=spacing, method=method, device=device,
+                   schedule=ScheduleOptions(iterations=2), convergence=ConvergenceOptions(tol=0.0))                                  # warm-up of imports / kernels, small
     print("RESULT " + json.dumps(measure(method, images, spacing, device, budget)), flush=True)
 
 

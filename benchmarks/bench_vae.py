@@ -26,14 +26,14 @@ from xreg_edu.vae.train import load_pretrained
 
 QUICK = os.environ.get("XREG_EDU_QUICK", "0") not in ("", "0")
 OUT = Path(__file__).resolve().parent / "results"
-XCOREG = dict(method="xcoreg", transform="svf", num_classes=4, bins=32)
+XCOREG = dict(method="xcoreg", transform="svf", num_classes=4)      # and L = 32 bins (ObjectiveOptions default)
 
 
 def run_xcoreg(group, iterations):
     import xreg_edu
 
     t0 = time.perf_counter()
-    res = xreg_edu.register_group(group, iterations=iterations, seed=0, **XCOREG)
+    res = xreg_edu.register_group(group, seed=0, schedule=xreg_edu.ScheduleOptions(iterations=iterations), **XCOREG)
     seconds = time.perf_counter() - t0
     disp = res.points - xreg_edu.spatial.identity_grid(group.shape, group.spacing)
     return res.points, disp, seconds

@@ -46,9 +46,12 @@ def data_env(tmp_path_factory):
 
 @pytest.fixture
 def isolated(tmp_path, monkeypatch):
-    """An empty cache and no mirror."""
+    """An empty cache, no mirror, no download retries (pooch waits 1 s, 2 s, ... between them)."""
+    import importlib
+
     monkeypatch.setenv("XREG_EDU_DATA", str(tmp_path / "cache"))
     monkeypatch.delenv("XREG_EDU_MIRROR", raising=False)
+    monkeypatch.setattr(importlib.import_module("xreg_edu.datasets.fetch"), "DOWNLOAD_RETRIES", 0)
     return tmp_path
 
 
@@ -261,6 +264,10 @@ EXPECTED_2D = {
     "brainweb_labels": (3, set(range(10)), [True] * 3),
     "brainweb_slices": (2, None, [False] * 2),
     "ants_slices": (6, None, [False] * 6),
+    "brainweb47": (3, {0, 1, 2, 3}, [False] * 3),
+    "brainweb20": (10, {0, 1, 2, 3}, [True] * 10),
+    "qperf": (99, None, [False] * 99),
+    "brats2015": (2, {0, 1, 2, 3, 4}, [False] * 2),
 }
 
 
@@ -377,3 +384,83 @@ def test_affine_maps_output_grid_to_world(data_env):
     np.testing.assert_allclose(cols, g.spacing, rtol=1e-5)
     centre = g.affines[0] @ np.array([(n - 1) / 2 for n in g.shape] + [1.0])
     assert np.all(np.abs(centre[:3]) < 40)
+
+
+# ------------------------------------------------------------------------------------------------ issue-10 datasets
+def _class_medians(img, lab, classes):
+    return [float(img[lab == c].median()) for c in classes]
+
+
+def _explained_variance(img, lab):
+    """Correlation ratio: the fraction of the intensity variance explained by the label classes."""
+    within = sum(((img[lab == c] - img[lab == c].mean()) ** 2).sum() for c in lab.unique())
+    return float(1 - within / ((img - img.mean()) ** 2).sum())
+
+
+def test_brainweb47_t1_t2_pd_with_model_on_the_image_grid(data_env):
+    g = load_dataset("brainweb47", dim=3, size=None, normalize=False)
+    assert g.names == ["subject47/T1", "subject47/T2", "subject47/PD"] and g.meta["simulated"] == [False] * 3
+    assert g.spacing == (5.0, 1.0, 1.0) and g.meta["original_spacing"] == [(5.0, 1.0, 1.0)]
+    assert 36 <= g.shape[0] <= 38 and g.shape[1] <= 217 + 8  # 36 slices of 5 mm, 217 rows + the 4 mm ROI margin
+    t1, t2, pd = g.images[:, 0]
+    lab = g.labels[0, 0]
+    csf, gm, wm = _class_medians(t1, lab, (1, 2, 3))
+    assert csf < gm < wm  # T1-weighted: the model sits on the image (a shifted or flipped model breaks this)
+    csf, gm, wm = _class_medians(t2, lab, (1, 2, 3))
+    assert csf > gm > wm  # T2-weighted
+    # the 12 classes explain the T1 intensity best where the model sits (measured: 0.76; one slice off: 0.70)
+    full = load_dataset("brainweb47", dim=3, size=None, normalize=False, labels="classes")
+    assert set(full.labels.unique().tolist()) == set(range(12)) and full.label_names[10] == "dura mater"
+    classes = full.labels[0, 0]
+    here = _explained_variance(t1, classes)
+    assert here > 0.72
+    for off in (1, -1):
+        assert here > _explained_variance(t1, torch.roll(classes, off, dims=0)) + 0.04
+    assert here > _explained_variance(t1, classes.flip(1)) + 0.04
+    with pytest.raises(ValueError, match="labels must be 'tissue'"):
+        load_dataset("brainweb47", labels="aseg")
+
+
+def test_brainweb20_inter_subject_simulated_t1(data_env):
+    g = load_dataset("brainweb20", subjects=["subject05", "subject47"], dim=3, size=None, normalize=False)
+    assert g.names == ["subject05/T1_simulated", "subject47/T1_simulated"] and g.meta["simulated"] == [True, True]
+    assert g.spacing == (1.0, 1.0, 1.0)
+    np.testing.assert_allclose(g.affines[0], g.affines[1])  # one BrainWeb world frame, one crop
+    a, b = g.labels[:, 0]
+    assert float((a != b).float().mean()) > 0.02  # two different brains
+    for img, lab in zip(g.images[:, 0], g.labels[:, 0]):
+        csf, gm, wm = _class_medians(img, lab, (1, 2, 3))
+        assert csf < gm < wm
+    assert len(REGISTRY["brainweb20"].subjects) == 10
+
+
+def test_qperf_series_frames_masks_and_aif(data_env):
+    g = load_dataset("qperf", size=None, normalize=False)
+    assert len(g) == 99 and g.names[36] == "aif/frame36" and g.spacing == (1.0, 1.0) and g.labels is None
+    assert g.shape == (64, 64)  # 64x52 series padded to a square field of view
+    masks = g.meta["series_labels"]
+    assert masks.shape == (99, 1, 64, 64) and (masks == masks[:1]).all()
+    assert int((masks[0] == 1).sum()) == 25 and int((masks[0] == 2).sum()) == 34
+    curve = {c: g.images[:, 0][:, masks[0, 0] == c].mean(1) for c in (1, 2)}
+    assert int(curve[2].argmax()) < int(curve[1].argmax())  # the bolus reaches the RV before the LV
+    r = load_dataset("qperf", subjects="rest", frames=[0, 30, 67], size=None, normalize=False)
+    assert r.names == ["rest/frame00", "rest/frame30", "rest/frame67"] and "series_labels" not in r.meta
+    aif = r.meta["aif"]["rest"]
+    assert aif.shape == (68,) and 4.0 < float(aif.max()) < 5.0
+    with pytest.raises(ValueError, match="frames must be integers in 0..58"):
+        load_dataset("qperf", subjects="stress", frames=[59])
+    with pytest.raises(ValueError, match="2-D images only"):
+        load_dataset("qperf", dim=3)
+
+
+def test_brats2015_tumour_inside_brain(data_env):
+    g = load_dataset("brats2015", size=None, normalize=False)
+    assert g.names == ["pat0004/FLAIR", "pat0004/T1c"] and g.spacing == (1.0, 1.0)
+    brain = g.meta["brain_mask"][0, 0] > 0
+    lab = g.labels[0, 0]
+    assert set(lab.unique().tolist()) <= {0, 1, 2, 3, 4} and (lab > 0).sum() > 500
+    assert bool(brain[lab > 0].all())  # tumour labels lie inside the brain mask
+    flair = g.images[0, 0]
+    assert float(flair[lab == 2].median()) > float(flair[brain & (lab == 0)].median())  # edema is FLAIR-bright
+    v = load_dataset("brats2015", dim=3, size=48)
+    assert v.images.shape[:2] == (2, 1) and v.spacing[0] == pytest.approx(v.spacing[1])

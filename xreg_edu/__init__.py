@@ -37,6 +37,10 @@ _EXPORTS = {
     "load_nifti_group": "io",
     # registration (Algorithm 1 and baselines)
     "register_group": "groupwise",
+    "ObjectiveOptions": "groupwise",
+    "TransformLevel": "groupwise",
+    "ScheduleOptions": "groupwise",
+    "ConvergenceOptions": "groupwise",
     # chapters
     "setup_chapter": "_env",
     "show_versions": "_env",

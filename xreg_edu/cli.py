@@ -8,17 +8,32 @@
 ``displacement_<name>.nii.gz`` (``phi_j(x) - x`` in mm, one vector component per array axis, NIfTI vector intent),
 ``transform.pt`` (module state + composed matrices), ``transform.json`` (settings, matrices, history, timing),
 ``posterior.nii.gz`` (K class maps, X-CoReg) and ``segmentation.nii.gz`` (their argmax), and ``summary.png``
-(inputs before/after and the objective curve). Input errors (unreadable file, differing dimensionality or grid, a
-single image, non-finite voxels, bad option values) print one clear line and exit with status 2.
+(inputs before/after and the objective curve), then ``manifest.json`` (every file's size and sha256) last. All of
+it is written into a temporary folder beside ``OUT`` that is renamed onto ``OUT`` only when complete, so ``OUT``
+either holds a whole result (with its manifest) or nothing new; a failing write or Ctrl-C leaves the previous
+state. A non-empty ``OUT`` is refused unless ``--overwrite`` (which replaces the previous xreg-edu outputs as a
+whole, never mixing two runs). Input errors (unreadable file, differing dimensionality, grid or affine without
+``--resample``, a single image, non-finite voxels, bad option values, an unusable output folder) print one clear
+line and exit with status 2, before any registration runs; a failed write exits with 1, Ctrl-C with 130.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import re
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 EXIT_USAGE = 2
+EXIT_WRITE = 1
+EXIT_INTERRUPT = 130
+MANIFEST = "manifest.json"
+_OUTPUT_NAMES = re.compile(r"(warped|displacement)_.+\.nii\.gz|posterior\.nii\.gz|segmentation\.nii\.gz|"
+                           r"transform\.(pt|json)|summary\.png|" + re.escape(MANIFEST))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,7 +47,12 @@ def _parser() -> argparse.ArgumentParser:
                        description="Register N >= 2 co-gridded NIfTI images groupwise and write the warped images, "
                                    "transforms, posterior maps and a PNG summary.")
     r.add_argument("images", nargs="+", help="N >= 2 NIfTI files (.nii / .nii.gz) on one grid")
-    r.add_argument("-o", "--output", required=True, help="output folder (created)")
+    r.add_argument("-o", "--output", required=True, help="output folder (created; must be new or empty)")
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace the outputs of a previous run in --output (all of them, as a whole)")
+    r.add_argument("--resample", action="store_true",
+                   help="resample images whose grid or affine differs onto the first image's grid "
+                        "(linear, nibabel); default: refuse them")
     r.add_argument("--method", default="xcoreg", choices=list(METHODS), help="objective (default xcoreg)")
     r.add_argument("--transform", default="rigid",
                    help="rigid | affine | ffd | svf | dense, or levels joined by '+', e.g. rigid+ffd (default rigid)")
@@ -63,14 +83,81 @@ class CLIError(Exception):
 
 
 # --------------------------------------------------------------------------------------------- register
-def _load(paths: list[str], device):
+def _check_options(args) -> None:
+    """Option values that argparse cannot check (exit 2 before anything is read or run)."""
+    import torch
+
+    def finite(v):
+        return v is None or math.isfinite(v)
+
+    for name, val, ok in (("--classes", args.classes, args.classes >= 2), ("--bins", args.bins, args.bins >= 2),
+                          ("--sample-rate", args.sample_rate, 0 < args.sample_rate <= 1),
+                          ("--pyramid", args.pyramid, args.pyramid >= 1),
+                          ("--iterations", args.iterations, args.iterations is None or args.iterations >= 1),
+                          ("--step-size", args.step_size,
+                           args.step_size is None or (finite(args.step_size) and args.step_size > 0)),
+                          ("--alpha", args.alpha, args.alpha is None or (finite(args.alpha) and args.alpha >= 0)),
+                          ("--control-spacing", args.control_spacing, args.control_spacing is None
+                           or (finite(args.control_spacing) and args.control_spacing > 0))):
+        if not ok:
+            hint = {"--control-spacing": " (mm between control points; must be a finite number > 0, e.g. 20)",
+                    "--step-size": " (mm per step; must be a finite number > 0)",
+                    "--sample-rate": " (fraction of voxels; must be in (0, 1])"}.get(name, "")
+            raise CLIError(f"invalid {name} {val}{hint}")
+    if args.device is not None:
+        try:
+            dev = torch.device(args.device)
+        except (RuntimeError, ValueError) as err:
+            raise CLIError(f"invalid --device {args.device!r} ({err}); use e.g. cpu or cuda") from err
+        if dev.type == "cuda":
+            if not torch.cuda.is_available():
+                raise CLIError(f"--device {args.device}: CUDA is not available here (torch {torch.__version__}, "
+                               f"CUDA build {torch.version.cuda or 'none'}); use --device cpu")
+            if dev.index is not None and dev.index >= torch.cuda.device_count():
+                raise CLIError(f"--device {args.device}: only {torch.cuda.device_count()} CUDA device(s)")
+        elif dev.type == "mps" and not torch.backends.mps.is_available():
+            raise CLIError(f"--device {args.device}: MPS is not available here; use --device cpu")
+        elif dev.type not in ("cpu", "cuda", "mps"):
+            raise CLIError(f"--device {args.device}: unsupported device type {dev.type!r}; use cpu or cuda")
+
+
+def _check_output(out: Path, overwrite: bool) -> None:
+    """Refuse an unusable output folder before anything runs: a file, below a file, not writable, or non-empty
+    (without --overwrite, or with foreign files in it)."""
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"output {out} is a file, not a folder; choose a new folder for -o")
+    parent = out.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise CLIError(f"output {out} cannot be created: {parent} is a file, not a folder")
+    if out.is_dir():
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise CLIError(f"output folder {out} is not writable; choose another folder for -o")
+        entries = sorted(p.name for p in out.iterdir())
+        if entries and not overwrite:
+            raise CLIError(f"output folder {out} is not empty ({len(entries)} entries, e.g. {entries[:3]}); "
+                           f"pass --overwrite to replace a previous run's outputs, or choose a new folder")
+        foreign = [e for e in entries if not _OUTPUT_NAMES.fullmatch(e)]
+        if foreign:
+            raise CLIError(f"--overwrite replaces xreg-edu outputs only, but {out} also holds {foreign[:3]}"
+                           f"{' ...' if len(foreign) > 3 else ''}; move them away or choose another folder")
+    try:  # the staging folder will be made beside OUT: try it now, not after the registration
+        out.absolute().parent.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix=f".{out.name}.probe-", dir=out.absolute().parent))
+    except OSError as err:
+        raise CLIError(f"output {out} is not writable: cannot create a folder in {out.absolute().parent} "
+                       f"({err.strerror or err}); choose another folder for -o") from err
+
+
+def _load(paths: list[str], device, resample: bool = False):
     from .datasets.errors import DatasetError
     from .io import load_nifti_group
 
     if len(paths) < 2:
         raise CLIError(f"a group needs at least 2 images, got {len(paths)}: {paths}")
     try:
-        return load_nifti_group(paths, device=device or "cpu")
+        return load_nifti_group(paths, device=device or "cpu", resample=resample)
     except (DatasetError, OSError, ValueError) as err:
         raise CLIError(str(err)) from err
 
@@ -108,7 +195,6 @@ def _save_vector_field(field, affine, path: Path) -> None:
     import numpy as np
 
     arr = field.detach().cpu().numpy().astype(np.float32)
-    d = arr.shape[0]
     arr = np.moveaxis(arr, 0, -1)                           # [*S, d]
     while arr.ndim < 4:                                     # pad spatial axes to 3
         arr = arr[..., None, :]
@@ -117,16 +203,15 @@ def _save_vector_field(field, affine, path: Path) -> None:
     img.header.set_intent("vector", (), name="disp_mm")
     img.header.set_xyzt_units("mm")
     nib.save(img, str(path))
-    assert arr.shape[-1] == d
 
 
 def _save_outputs(group, result, out: Path, png: bool) -> list[Path]:
+    """Write every output file into the (staging) folder ``out``; returns their paths."""
     import numpy as np
     import torch
 
     from .io import save_nifti
 
-    out.mkdir(parents=True, exist_ok=True)
     written = []
     affines = group.affines if group.affines is not None else np.stack([np.eye(4)] * len(group))
     names = [_stem(n) for n in group.names]
@@ -169,6 +254,53 @@ def _save_outputs(group, result, out: Path, png: bool) -> list[Path]:
     if png:
         written.append(_summary_png(group, result, out / "summary.png"))
     return written
+
+
+def _write_manifest(folder: Path, written: list[Path], args) -> Path:
+    """``manifest.json``, written last: every output's size and sha256 (its presence marks a complete run)."""
+    from . import __version__
+    from ._files import file_sha256
+
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in written}
+    path = folder / MANIFEST
+    path.write_text(json.dumps({"complete": True, "xreg_edu": __version__, "inputs": list(args.images),
+                                "files": files}, indent=1))
+    return path
+
+
+def _install(staging: Path, out: Path) -> None:
+    """Rename the complete staging folder onto ``out``; a previous ``out`` is moved aside first and removed
+    after, so ``out`` never mixes two runs (and is restored if the rename fails)."""
+    from ._files import apply_umask
+
+    apply_umask(staging)                        # mkdtemp folders are private (0700)
+    if not out.exists():
+        os.rename(staging, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    os.rename(out, old / out.name)
+    try:
+        os.rename(staging, out)
+    except BaseException:
+        os.rename(old / out.name, out)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_outputs(group, result, out: Path, args) -> list[Path]:
+    """All outputs into a temporary folder beside ``out``, manifest last, then one rename into place; on any
+    error or Ctrl-C the temporary folder is removed and ``out`` keeps its previous state."""
+    out = out.absolute()
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        written = _save_outputs(group, result, staging, png=not args.no_png)
+        written.append(_write_manifest(staging, written, args))
+        _check_output(out, args.overwrite)      # again: another run may have filled OUT in the meantime
+        _install(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [out / p.name for p in written]
 
 
 def _middle(x):
@@ -228,27 +360,28 @@ def _summary_png(group, result, path: Path) -> Path:
 
 
 def cmd_register(args) -> int:
-    from .groupwise import register_group
+    from .groupwise import ObjectiveOptions, ScheduleOptions, parse_transform, register_group
 
-    for name, val, ok in (("--classes", args.classes, args.classes >= 2), ("--bins", args.bins, args.bins >= 2),
-                          ("--sample-rate", args.sample_rate, 0 < args.sample_rate <= 1),
-                          ("--pyramid", args.pyramid, args.pyramid >= 1),
-                          ("--iterations", args.iterations, args.iterations is None or args.iterations >= 1),
-                          ("--step-size", args.step_size, args.step_size is None or args.step_size > 0)):
-        if not ok:
-            raise CLIError(f"invalid {name} {val}")
-    group = _load(args.images, args.device)
+    _check_options(args)
+    _check_output(Path(args.output), args.overwrite)
+    group = _load(args.images, args.device, args.resample)
     mask = _load_mask(args.mask, group.shape) if args.mask else None
     try:
-        result = register_group(group, method=args.method, transform=args.transform, num_classes=args.classes,
-                                step_size=args.step_size, iterations=args.iterations, bins=args.bins,
-                                sample_rate=args.sample_rate, mask=mask, seed=args.seed, device=args.device,
-                                progress=args.progress, pyramid=args.pyramid, alpha=args.alpha,
-                                control_spacing=args.control_spacing,
-                                velocity_spacing=args.control_spacing)
+        levels = parse_transform(args.transform, alpha=args.alpha, control_spacing=args.control_spacing,
+                                 velocity_spacing=args.control_spacing)
+        result = register_group(group, method=args.method, transform=levels, num_classes=args.classes, mask=mask,
+                                seed=args.seed, device=args.device, progress=args.progress,
+                                objective=ObjectiveOptions(bins=args.bins),
+                                schedule=ScheduleOptions(step_size=args.step_size, iterations=args.iterations,
+                                                         pyramid=args.pyramid, sample_rate=args.sample_rate))
     except (ValueError, TypeError) as err:
         raise CLIError(str(err)) from err
-    written = _save_outputs(group, result, Path(args.output), png=not args.no_png)
+    try:
+        written = _write_outputs(group, result, Path(args.output), args)
+    except OSError as err:
+        print(f"xreg-edu: error: writing the outputs failed ({err}); nothing was written to {args.output}",
+              file=sys.stderr)
+        return EXIT_WRITE
     print(result.summary())
     print(f"wrote {len(written)} files to {args.output}")
     return 0
@@ -271,7 +404,7 @@ def cmd_datasets(args) -> int:
     for name in args.names:
         try:
             paths = fetch(name)
-        except DatasetError as err:
+        except (DatasetError, OSError) as err:
             raise CLIError(f"{name}: {err}") from err
         print(f"{name}: {len(paths)} files, e.g. {paths[0]}")
     return 0
@@ -288,6 +421,10 @@ def main(argv: list[str] | None = None) -> int:
     except CLIError as err:
         print(f"xreg-edu: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        where = f"; nothing was written to {args.output}" if args.command == "register" else ""
+        print(f"xreg-edu: interrupted{where}", file=sys.stderr)
+        return EXIT_INTERRUPT
 
 
 if __name__ == "__main__":  # pragma: no cover

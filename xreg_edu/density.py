@@ -27,7 +27,7 @@ __all__ = [
     "EPS", "PADDING", "bspline_kernel", "bspline_taps", "bspline_tap_derivatives", "bin_coordinates",
     "parzen_weights", "dense_weights", "histogram", "joint_histogram", "class_histogram", "nd_histogram",
     "dense_joint_histogram", "entropy", "class_entropies", "kde_entropy", "silverman_bandwidth", "sample_indices", "bin_lookup",
-    "class_log_likelihood",
+    "class_log_likelihood", "robust_range",
 ]
 
 EPS = 1e-8        #: clamp inside log and on the bin width (official value)
@@ -446,6 +446,21 @@ def kde_entropy(samples: Tensor, bandwidth: float | Tensor | None = None) -> Ten
     logk = logk.masked_fill(torch.eye(M, dtype=torch.bool, device=x.device), float("-inf"))
     log_density = torch.logsumexp(logk, dim=1) - math.log(M - 1) - 0.5 * d * torch.log(2 * math.pi * h * h)
     return -log_density.mean()
+
+
+@torch.no_grad()
+def robust_range(values: Tensor, q: float = 1e-3, max_samples: int = 2 ** 20) -> tuple[Tensor, Tensor]:
+    """Per-row ``q`` and ``1 - q`` quantiles of ``values [..., M]`` -> ``(lo, hi)``, each ``[..., 1]`` (detached).
+
+    A histogram range that a few outliers cannot take: with ``lo``/``hi`` given, :func:`bin_coordinates` clamps the
+    values outside into the edge bins. Rows longer than ``max_samples`` are subsampled with a fixed stride.
+    """
+    v = values.detach()
+    if v.shape[-1] > max_samples:
+        v = v[..., ::-(-v.shape[-1] // max_samples)]
+    qs = torch.tensor([q, 1.0 - q], dtype=v.dtype, device=v.device)
+    lo, hi = torch.quantile(v, qs, dim=-1, keepdim=True).unbind(0)
+    return lo, torch.maximum(hi, lo + EPS)
 
 
 # --------------------------------------------------------------------------------------------- sampling, lookup

@@ -24,6 +24,14 @@ def _check_group_field(x: Tensor, name: str) -> int:
     return d
 
 
+def _check_weights(w: Tensor) -> None:
+    """A soft mask holds finite weights >= 0."""
+    check_finite(w, "mask")
+    if bool((w < 0).any()):
+        raise ValueError(f"mask has {int((w < 0).sum())} negative weight(s) (min {float(w.min()):.3g}); a soft mask "
+                         f"holds weights >= 0 (e.g. a probability map): clamp it with mask.clamp(min=0)")
+
+
 def _weights(mask, n: int, shape: tuple[int, ...], like: Tensor) -> Tensor:
     """Mask ``[*S] | [1,1,*S] | [N,1,*S]`` (bool or soft) -> weights ``[N|1, *S]``; ones if ``None``."""
     if mask is None:
@@ -33,12 +41,15 @@ def _weights(mask, n: int, shape: tuple[int, ...], like: Tensor) -> Tensor:
         if tuple(mask.shape[2:]) != shape or mask.shape[1] != 1:
             raise ValueError(f"mask {tuple(mask.shape)} does not match [N, 1, *S] = [{n}, 1, *{shape}]")
         w = mask[:, 0].to(like.dtype)
-        check_finite(w, "mask")
+        _check_weights(w)
         if (w.flatten(1).sum(1) <= 0).any():
             raise ValueError("mask is empty for at least one image: it selects no voxel")
         return w
     if mask.is_floating_point() and not ((mask == 0) | (mask == 1)).all():
+        if mask.numel() != torch.Size(shape).numel():
+            raise ValueError(f"mask of shape {tuple(mask.shape)} does not match the spatial shape {shape}")
         w = mask.reshape(shape).to(like.dtype)
+        _check_weights(w)
         if w.sum() <= 0:
             raise ValueError("mask is empty: it selects no voxel")
         return w.unsqueeze(0)

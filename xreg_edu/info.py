@@ -30,8 +30,14 @@ _POSTERIOR_ATOL = 1e-2   # tolerance on Σ_k γ_xk = 1 (the official clamp witho
 
 
 # --------------------------------------------------------------------------------------------- helpers
+def _upcast(x: Tensor) -> Tensor:
+    """float16 / bfloat16 -> float32: their 3-4 significant digits cannot hold histogram sums (NaN entropies)."""
+    return x.float() if isinstance(x, Tensor) and x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def _sample_group(images: Tensor, mask, sample_rate: float, generator) -> tuple[Tensor, Tensor | None]:
     """``images [N, 1, *S]`` -> (values ``[N, M]``, flat voxel indices ``[M]`` or None for 'all voxels')."""
+    images = _upcast(images)
     if not (0.0 < float(sample_rate) <= 1.0):
         raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
     N = images.shape[0]
@@ -53,6 +59,7 @@ def _pair(x: Tensor, y: Tensor, mask, sample_rate, generator, validate: bool) ->
         check_image(y, "y")
         if x.shape != y.shape:
             raise ValueError(f"x {tuple(x.shape)} and y {tuple(y.shape)} must have the same shape")
+    x, y = _upcast(x), _upcast(y)
     values, _ = _sample_group(torch.cat((x, y.to(x.dtype)), 0), mask, sample_rate, generator)
     return values
 
@@ -99,6 +106,7 @@ def _posterior_samples(posterior: Tensor, images: Tensor, idx: Tensor | None, va
 
 
 def _group_and_posterior(images, posterior, bins, mask, sample_rate, generator, validate):
+    images = _upcast(images)
     if validate:
         check_group(images, "images", min_n=1)
     check_bins(bins)
@@ -187,10 +195,17 @@ def gaussian_total_correlation(images: Tensor, mask=None) -> Tensor:
     """
     check_group(images, "images", min_n=2)
     v, _ = _sample_group(images, mask, 1.0, None)
+    if v.shape[1] < 2:
+        raise ValueError(f"gaussian_total_correlation needs at least 2 voxels (in the mask), got {v.shape[1]}")
     z = v.double()
     z = z - z.mean(1, keepdim=True)
     cov = z @ z.transpose(0, 1) / z.shape[1]
-    sd = cov.diagonal().clamp_min(1e-300).sqrt()
+    flat = cov.diagonal() <= 1e-12 * v.double().abs().amax(1).clamp_min(1e-300) ** 2
+    if bool(flat.any()):
+        raise ValueError(f"gaussian_total_correlation: image(s) {flat.nonzero().flatten().tolist()} are constant "
+                         f"(zero variance{' in the mask' if mask is not None else ''}), so their correlation with "
+                         f"the others is undefined; drop them or use method='histogram'")
+    sd = cov.diagonal().sqrt()
     R = cov / (sd.unsqueeze(0) * sd.unsqueeze(1))
     R = 0.5 * (R + R.transpose(0, 1))
     logdet = torch.linalg.eigvalsh(R).clamp_min(1e-12).log().sum()
@@ -215,6 +230,7 @@ def total_correlation(images: Tensor, method: str = "histogram", bins: int = 16,
     Returns:
         0-dim tensor.
     """
+    images = _upcast(images)
     check_group(images, "images", min_n=2)
     N = images.shape[0]
     if method == "gaussian":
@@ -354,6 +370,7 @@ def x_objective(images: Tensor, posterior: Tensor, prior=None, *, appearance: st
     Returns:
         0-dim tensor (nats per voxel), or ``(tensor, dict)`` if ``details``.
     """
+    images = _upcast(images)
     if validate:
         check_group(images, "images", min_n=1)
     check_bins(bins)

@@ -6,6 +6,8 @@ array-axis order and each image's affine maps its tensor index to world mm, so r
 """
 from __future__ import annotations
 
+import itertools
+import math
 import os
 from pathlib import Path
 from typing import Sequence
@@ -34,7 +36,15 @@ def _read(path: Path, label: bool):
         raise MissingFileError(f"no such file: {path}. Check the path (or fetch the data first).")
     try:
         img = nib.load(str(path))
+        kind = img.get_data_dtype().kind
+        if kind == "c" or img.get_data_dtype().names:
+            raise UnreadableFileError(
+                f"{path} holds {'complex' if kind == 'c' else 'RGB / structured'} voxels "
+                f"({img.get_data_dtype()}); registration needs one real intensity per voxel: save the magnitude "
+                f"(numpy.abs) or the channel you mean as a real-valued NIfTI")
         arr = np.asarray(img.dataobj) if label else img.get_fdata(dtype=np.float32)
+    except UnreadableFileError:
+        raise
     except Exception as err:  # nibabel raises many types (ImageFileError, EOFError, zlib.error, ...)
         raise UnreadableFileError(f"cannot read {path} as a NIfTI/Analyze image: {type(err).__name__}: {err}") from err
     while arr.ndim > 3 and arr.shape[-1] == 1:
@@ -47,22 +57,50 @@ def _read(path: Path, label: bool):
     return arr, zooms, np.asarray(img.affine, dtype=float)
 
 
+def _corner_shift_mm(shape: tuple[int, ...], aff: np.ndarray, ref_aff: np.ndarray) -> float:
+    """Largest distance (mm) between the world positions of the grid's corner voxels under two affines."""
+    corners = np.array(list(itertools.product(*[(0, n - 1) for n in shape])), dtype=float)
+    homog = np.zeros((len(corners), 4))
+    homog[:, : len(shape)] = corners
+    homog[:, 3] = 1.0
+    return float(np.linalg.norm((homog @ aff.T - homog @ ref_aff.T)[:, :3], axis=1).max())
+
+
+def _resample_onto(arr: np.ndarray, aff: np.ndarray, shape: tuple[int, ...], ref_aff: np.ndarray,
+                   order: int) -> np.ndarray:
+    """nibabel resampling of ``arr`` (voxel-to-world ``aff``) onto the grid ``shape`` / ``ref_aff`` (zeros
+    outside); 2-D arrays are treated as one-slice volumes."""
+    import nibabel as nib
+    from nibabel.processing import resample_from_to
+
+    vol = arr[..., None] if arr.ndim == 2 else arr
+    ref_shape = tuple(shape) + (1,) * (3 - len(shape))
+    out = resample_from_to(nib.Nifti1Image(vol, aff), (ref_shape, ref_aff), order=order, mode="constant", cval=0.0)
+    res = np.asarray(out.dataobj)
+    return res.reshape(shape).astype(arr.dtype if order == 0 else np.float32)
+
+
 def load_nifti_group(paths: Sequence[str | os.PathLike], *, labels: Sequence[str | os.PathLike] | None = None,
-                     names: Sequence[str] | None = None, device="cpu", dtype=torch.float32):
+                     names: Sequence[str] | None = None, device="cpu", dtype=torch.float32, resample: bool = False):
     """Read N >= 2 co-gridded NIfTI images into an :class:`~xreg_edu.group.ImageGroup`.
 
     Args:
-        paths: N image files (``.nii``, ``.nii.gz``, Analyze ``.hdr``); all must share shape and spacing.
+        paths: N image files (``.nii``, ``.nii.gz``, Analyze ``.hdr``); all must share shape, spacing and affine
+            (the grid corners within 1 % of a voxel in world space).
         labels: optional N label files on the same grids (read as int64).
         names: optional N display names (default: the file names without extension).
         device: torch device of the returned tensors.
         dtype: floating dtype of ``images`` (default float32).
+        resample: resample every image whose shape, spacing or affine differs onto the first image's grid
+            (``nibabel.processing.resample_from_to``: linear for images, nearest for labels, 0 outside) instead
+            of refusing it. The group then carries the first image's affine for every image.
     Returns:
         ImageGroup with images ``[N, 1, X, Y]`` (3rd axis of size 1 -> 2-D) or ``[N, 1, X, Y, Z]`` in array-axis
         order, spacing = header zooms (mm), affines ``[N, 4, 4]`` from the headers, meta ``{"paths": [...]}``.
     Raises:
         MissingFileError, UnreadableFileError: a path is absent / not an image (the path is in the message).
-        GroupMismatchError: N < 2, differing shapes, dimensionality or spacing (resample first), non-finite voxels.
+        GroupMismatchError: N < 2, differing shapes, dimensionality, spacing or affine (without ``resample``),
+            non-finite voxels.
     """
     from .group import ImageGroup
 
@@ -81,28 +119,48 @@ def load_nifti_group(paths: Sequence[str | os.PathLike], *, labels: Sequence[str
         arrays.append(a)
         zooms.append(z)
         affines.append(aff)
-    ref = arrays[0]
-    for p, a, z in zip(paths, arrays, zooms):
-        if a.shape != ref.shape:
+    ref, ref_aff = arrays[0], affines[0]
+    fix = "Resample all images onto one grid first (pass resample=True, or --resample on the command line)"
+    moved = []
+    for j, (p, a, z, aff) in enumerate(zip(paths, arrays, zooms, affines)):
+        if a.ndim != ref.ndim:
+            raise GroupMismatchError(f"images differ in dimensionality: {paths[0]} is {ref.shape}, {p} is "
+                                     f"{a.shape}; a group is all 2-D or all 3-D")
+        shift = _corner_shift_mm(a.shape, aff, ref_aff) if a.shape == ref.shape else math.inf
+        same = shift <= 0.01 * min(zooms[0]) and np.allclose(z, zooms[0], rtol=1e-3, atol=1e-4)
+        if same:
+            continue
+        if resample:
+            moved.append(j)
+        elif a.shape != ref.shape:
+            raise GroupMismatchError(f"images differ in shape: {paths[0]} is {ref.shape}, {p} is {a.shape}. {fix}.")
+        elif not np.allclose(z, zooms[0], rtol=1e-3, atol=1e-4):
+            raise GroupMismatchError(f"voxel spacing differs: {paths[0]} has {zooms[0]} mm, {p} has {z} mm. {fix}.")
+        else:
             raise GroupMismatchError(
-                f"images differ in {'dimensionality' if a.ndim != ref.ndim else 'shape'}: {paths[0]} is "
-                f"{ref.shape}, {p} is {a.shape}. Resample all images onto one grid first (e.g. with "
-                f"data_scripts/_prepare_common.resample_like or nibabel.processing.resample_from_to).")
-        if not np.allclose(z, zooms[0], rtol=1e-3, atol=1e-4):
-            raise GroupMismatchError(f"voxel spacing differs: {paths[0]} has {zooms[0]} mm, {p} has {z} mm. "
-                                     f"Resample all images onto one grid first.")
+                f"{p} has the grid of {paths[0]} but a different affine (voxel-to-world matrix): their grid corners "
+                f"lie up to {shift:.3g} mm apart in world space (a shift or rotation between the scans), so voxel "
+                f"(i, j, k) is not the same place in both. {fix}.")
+    for j in moved:
+        arrays[j] = _resample_onto(arrays[j], affines[j], ref.shape, ref_aff, order=1)
     images = torch.from_numpy(np.stack(arrays)[:, None]).to(device=device, dtype=dtype)
     lab = None
     if labels is not None:
         larr = []
-        for p in labels:
-            a, _, _ = _read(Path(p), label=True)
-            if a.shape != ref.shape:
+        for j, p in enumerate(labels):
+            a, _, aff = _read(Path(p), label=True)
+            if j in moved:
+                a = _resample_onto(a, aff, ref.shape, ref_aff, order=0)
+            elif a.shape != ref.shape:
                 raise GroupMismatchError(f"label map {p} has shape {a.shape}, images have {ref.shape}")
             larr.append(np.rint(a).astype(np.int64))
         lab = torch.from_numpy(np.stack(larr)[:, None]).to(device)
+    meta = {"paths": [str(p) for p in paths]}
+    if moved:
+        meta["resampled"] = [str(paths[j]) for j in moved]
+        affines = [ref_aff] * len(paths)
     return ImageGroup(images=images, spacing=zooms[0], names=list(names) if names else [_stem(p) for p in paths],
-                      labels=lab, affines=np.stack(affines), meta={"paths": [str(p) for p in paths]})
+                      labels=lab, affines=np.stack(affines), meta=meta)
 
 
 def save_nifti(image, affine, path: str | os.PathLike) -> Path:

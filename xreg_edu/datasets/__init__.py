@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import importlib
 
-from .errors import (DatasetError, GroupMismatchError, HashMismatchError, MissingFileError, NoNetworkError,
-                     TruncatedDownloadError, UnknownDatasetError, UnreadableFileError)
+from .errors import (CacheNotWritableError, DatasetError, GroupMismatchError, HashMismatchError, MissingFileError,
+                     NoNetworkError, TruncatedDownloadError, UnknownDatasetError, UnreadableFileError)
 # eager (stdlib + registry only): the function ``fetch`` must win over the submodule of the same name
 from .fetch import data_dir, fetch, fetch_file, mirror_dir
 
@@ -25,7 +25,7 @@ _LAZY = {
 
 __all__ = sorted(list(_LAZY) + ["fetch", "fetch_file", "data_dir", "mirror_dir",
     "DatasetError", "UnknownDatasetError", "MissingFileError", "HashMismatchError", "TruncatedDownloadError",
-    "NoNetworkError", "UnreadableFileError", "GroupMismatchError"])
+    "NoNetworkError", "CacheNotWritableError", "UnreadableFileError", "GroupMismatchError"])
 
 
 def __getattr__(name: str):

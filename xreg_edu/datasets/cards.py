@@ -111,7 +111,8 @@ def render_cards() -> str:
     for name in REGISTRY:
         c = dataset_card(name)
         lic = c.licence.split(";")[0].split(". ")[0]
-        labels = "per slice (meta)" if name == "cine_cmr" else ("yes" if c.label_names else "no")
+        labels = {"cine_cmr": "per slice (meta)", "qperf": "one mask (meta)"}.get(
+            name, "yes" if c.label_names else "no")
         head.append(f"| `{name}` | {_first_clause(c.default_group)} | {labels} | "
                     f"{_chapter_links(usage.get(name, []))} | {lic} |")
     head.append("")

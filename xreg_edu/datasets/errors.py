@@ -3,7 +3,7 @@ from __future__ import annotations
 
 __all__ = [
     "DatasetError", "UnknownDatasetError", "MissingFileError", "HashMismatchError", "TruncatedDownloadError",
-    "NoNetworkError", "UnreadableFileError", "GroupMismatchError",
+    "NoNetworkError", "CacheNotWritableError", "UnreadableFileError", "GroupMismatchError",
 ]
 
 
@@ -29,6 +29,10 @@ class TruncatedDownloadError(HashMismatchError):
 
 class NoNetworkError(DatasetError, ConnectionError):
     """The file is neither cached nor in a mirror, and it could not be downloaded."""
+
+
+class CacheNotWritableError(DatasetError, PermissionError):
+    """The download cache cannot be written (the message names the folder and ``XREG_EDU_DATA``)."""
 
 
 class UnreadableFileError(DatasetError, OSError):

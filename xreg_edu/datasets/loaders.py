@@ -62,6 +62,11 @@ def _nib_tensor_order(path: Path, *, canonical: bool, label: bool = False):
     import nibabel as nib
 
     img = nib.load(str(path))
+    if img.get_data_dtype().kind == "c":
+        from .errors import UnreadableFileError
+
+        raise UnreadableFileError(f"{path} holds complex voxels ({img.get_data_dtype()}); the loaders need real "
+                                  f"intensities (save the magnitude, numpy.abs, as a real-valued NIfTI)")
     arr = np.asarray(img.dataobj) if label else img.get_fdata(dtype=np.float32)
     while arr.ndim > 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
@@ -303,6 +308,203 @@ def _read_cine(slices, frames):
     return images, np.concatenate(labs, axis=0), spacing, affine, first
 
 
+# ---- BrainWeb 20-subject models (MINC-1, 0.5 mm, 12 classes) and subject 47's simulations (5x1x1 mm)
+_BW47 = "brainweb_subject47_t1t2pd_deepsynmri"
+_BW47_FILES = {"T1": f"{_BW47}/noise-1-INU-00/brainweb_0.mnc.gz", "T2": f"{_BW47}/noise-1-INU-00/brainweb_1.mnc.gz",
+               "PD": f"{_BW47}/noise-1-INU-00/brainweb_2.mnc.gz"}
+_BW_CLASSES = 12
+
+
+def _minc(dataset: str, rel: str):
+    """MINC-1 file -> (array [D, H, W] in file order (z, y, x), affine tensor index -> world), rows flipped so
+    that anterior is at the top."""
+    import nibabel as nib
+
+    img = nib.load(str(_file(dataset, rel)))
+    arr = np.asarray(img.dataobj)
+    flip = np.array([[1, 0, 0, 0], [0, -1, 0, arr.shape[1] - 1], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=float)
+    return np.ascontiguousarray(arr[:, ::-1, :]), img.affine @ flip
+
+
+def _bw_model(dataset: str, subject: str) -> tuple[np.ndarray, np.ndarray]:
+    rel = (f"{_BW47}/mask/subject47_crisp_v.mnc.gz" if subject == "subject47"
+           else f"brainweb20_crisp_eecs556/{subject}_crisp_v.mnc.gz")
+    import nibabel as nib
+
+    img = nib.load(str(_file(dataset, rel)))
+    mid = img.shape[0] // 2
+    try:  # the stored integers are the classes (scaling to float64 takes seconds): check on the middle slice
+        raw = np.asarray(img.dataobj.minc_file._image.data)
+        fast = raw.dtype.kind in "iu" and np.array_equal(raw[mid], np.rint(np.asarray(img.dataobj[mid])))
+    except AttributeError:
+        fast = False
+    arr = raw if fast else np.rint(np.asarray(img.dataobj))
+    flip = np.array([[1, 0, 0, 0], [0, -1, 0, arr.shape[1] - 1], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=float)
+    arr = np.clip(arr[:, ::-1, :], 0, _BW_CLASSES - 1).astype(np.uint8)
+    return arr, img.affine @ flip
+
+
+def _model_on_grid(model: np.ndarray, model_aff: np.ndarray, shape, aff: np.ndarray):
+    """Majority class of the model voxels inside each voxel of the grid (``shape``, ``aff``), from the affines.
+
+    Both grids must be axis-aligned with the same axis order, the grid's voxels an integer number of model voxels,
+    and the voxel borders must coincide; model voxels outside the model count as background.
+    Returns (classes [D, H, W] int64, purity [D, H, W] = fraction of the majority class).
+    """
+    factors, starts = [], []
+    for a in range(3):
+        col, mcol = aff[:3, a], model_aff[:3, a]
+        w = int(np.argmax(np.abs(col)))
+        if np.argmax(np.abs(mcol)) != w or np.sign(col[w]) != np.sign(mcol[w]):
+            raise ValueError("model and image grids have different axis orders")
+        f = col[w] / mcol[w]
+        n0 = (aff[w, 3] - col[w] / 2 + mcol[w] / 2 - model_aff[w, 3]) / mcol[w]
+        if abs(f - round(f)) > 1e-6 or abs(n0 - round(n0)) > 1e-6:
+            raise ValueError(f"axis {a}: grid voxel is not a whole block of model voxels (ratio {f}, offset {n0})")
+        factors.append(int(round(f)))
+        starts.append(int(round(n0)))
+    block = np.zeros([n * f for n, f in zip(shape, factors)], dtype=model.dtype)  # background outside the model
+    src = tuple(slice(max(s, 0), min(s + n, m)) for s, n, m in zip(starts, block.shape, model.shape))
+    dst = tuple(slice(sl.start - s, sl.stop - s) for sl, s in zip(src, starts))
+    block[dst] = model[src]
+    counts = np.zeros((_BW_CLASSES, int(np.prod(shape))), dtype=np.uint8)  # <= 255 model voxels per grid voxel
+    cells = np.arange(counts.shape[1])
+    for sub in _blocks(block, factors):  # one model voxel of every grid voxel at a time: no repeated index
+        counts[sub.ravel(), cells] += 1
+    classes = counts.argmax(0).reshape(shape).astype(np.int64)
+    return classes, (counts.max(0) / float(np.prod(factors))).reshape(shape)
+
+
+def _blocks(arr: np.ndarray, factors):
+    """The prod(factors) strided sub-arrays of ``arr``, one per offset inside a block of ``factors`` voxels."""
+    import itertools
+
+    for off in itertools.product(*(range(f) for f in factors)):
+        yield arr[tuple(slice(o, None, f) for o, f in zip(off, factors))]
+
+
+def _bw_labels(classes: np.ndarray, labels: str) -> np.ndarray:
+    if labels not in ("tissue", "classes"):
+        raise ValueError(f"labels must be 'tissue' (0 bg, 1 CSF, 2 GM, 3 WM) or 'classes' (all 12), got {labels!r}")
+    return np.where(classes <= 3, classes, 0) if labels == "tissue" else classes
+
+
+@functools.lru_cache(maxsize=1)
+def _brainweb47() -> _Subject:
+    images = {}
+    for m, rel in _BW47_FILES.items():
+        arr, aff = _minc("brainweb47", rel)
+        images[m] = arr.astype(np.float32)
+    model, model_aff = _bw_model("brainweb47", "subject47")
+    classes, purity = _model_on_grid(model, model_aff, images["T1"].shape, aff)
+    spacing = tuple(float(np.linalg.norm(aff[:3, a])) for a in range(3))
+    return _Subject("subject47", images, spacing, aff, classes, {"purity": purity})
+
+
+def _read_brainweb47(subject, modalities, labels="tissue"):
+    s = _brainweb47()
+    return _Subject(s.name, {m: s.images[m] for m in modalities}, s.spacing, s.affine, _bw_labels(s.labels, labels))
+
+
+@functools.lru_cache(maxsize=1)
+def _t1_lookup() -> np.ndarray:
+    """Median intensity of each of the 12 classes in subject 47's BrainWeb T1 simulation, over the image voxels
+    whose 10x2x2 model voxels are >= 90 % that class (>= 50 % where no voxel is that pure; 0 if none)."""
+    s = _brainweb47()
+    t1, purity = s.images["T1"], s.extra["purity"]
+    lut = np.zeros(_BW_CLASSES, dtype=np.float32)
+    for c in range(_BW_CLASSES):
+        for p in (0.9, 0.5):
+            sel = (s.labels == c) & (purity >= p)
+            if sel.any():
+                lut[c] = np.median(t1[sel])
+                break
+    return lut
+
+
+@functools.lru_cache(maxsize=12)
+def _brainweb20(subject: str) -> _Subject:
+    model, model_aff = _bw_model("brainweb20", subject)
+    shape = tuple(n // 2 for n in model.shape)
+    aff = model_aff.copy()  # 1 mm grid of 2x2x2 model blocks: same world frame
+    aff[:3, :3] = model_aff[:3, :3] * 2
+    aff[:3, 3] = model_aff[:3, 3] + model_aff[:3, :3].sum(1) / 2
+    classes, _ = _model_on_grid(model, model_aff, shape, aff)
+    lut = _t1_lookup()
+    t1 = sum(lut[sub] for sub in _blocks(model[:2 * shape[0], :2 * shape[1], :2 * shape[2]], (2, 2, 2))) / 8
+    return _Subject(subject, {"T1_simulated": t1}, (1.0, 1.0, 1.0), aff, classes)
+
+
+def _read_brainweb20(subject, modalities, labels="tissue"):
+    s = _brainweb20(subject)
+    return _Subject(s.name, dict(s.images), s.spacing, s.affine, _bw_labels(s.labels, labels))
+
+
+# ---- BRATS 2015 (DeepMedic example patient)
+def _read_brats2015(subject, modalities):
+    folder = "brats2015_deepmedic_pat0004/brats_2013_pat0004_1"
+    files = {"FLAIR": "Flair_subtrMeanDivStd", "T1c": "T1c_subtrMeanDivStd"}
+    images = {}
+    for m in modalities:
+        images[m], spacing, affine = _nib_tensor_order(_file("brats2015", f"{folder}/{files[m]}.nii.gz"),
+                                                       canonical=True)
+    raw, _, _ = _nib_tensor_order(_file("brats2015", f"{folder}/OTMultiClass.nii.gz"), canonical=True, label=True)
+    brain, _, _ = _nib_tensor_order(_file("brats2015", f"{folder}/brainmask.nii.gz"), canonical=True, label=True)
+    labels = _remap(raw, {k: k for k in range(5)}, "brats_2013_pat0004_1/OTMultiClass")
+    return _Subject(subject, images, spacing, affine, labels, {"brain_mask": (brain > 0.5).astype(np.int64)})
+
+
+# ---- QPerf perfusion series: (x, y, time) arrays -> one [1, H, W] image per frame
+_QPERF_FRAMES = {"aif": 99, "rest": 68, "stress": 59}
+_TENSOR_PERM = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=float)  # (d,h,w)->(x,y,z)
+
+
+def _read_qperf(subject: str, frames: list[int]) -> tuple[_Subject, np.ndarray | None]:
+    """One series as a subject whose 'modalities' are its frames; also the arterial input function (or None)."""
+    aif = None
+    if subject == "aif":
+        series = np.load(_file("qperf", "qperf_perfusion_nhlbi/aif_example1/aif_scc.npy")).transpose(2, 1, 0)
+        mask = np.load(_file("qperf", "qperf_perfusion_nhlbi/aif_example1/aif_masks_final.npy")).T[None]
+        extra = {"series_labels": _remap(mask, {0: 0, 1: 1, 2: 2}, "aif_masks_final.npy")}
+    else:
+        stem = "data" if subject == "rest" else "data_stress"
+        _file("qperf", f"qperf_perfusion_nhlbi/examples/{stem}.img")  # the Analyze pair: data ...
+        series, _, _ = _nib_tensor_order(_file("qperf", f"qperf_perfusion_nhlbi/examples/{stem}.hdr"), canonical=False)
+        extra = {}
+        astem = "aif" if subject == "rest" else "aif_stress"
+        _file("qperf", f"qperf_perfusion_nhlbi/examples/{astem}.img")
+        import nibabel as nib
+
+        aif = np.asarray(nib.load(str(_file("qperf", f"qperf_perfusion_nhlbi/examples/{astem}.hdr"))).dataobj)
+        aif = aif.reshape(-1)
+    images = {f"frame{t:02d}": np.ascontiguousarray(series[t][None], dtype=np.float32) for t in frames}
+    return _Subject(subject, images, (1.0, 1.0, 1.0), _TENSOR_PERM.copy(), None, extra), aif
+
+
+def _qperf_subjects(spec, slice_index, subjects, modalities, frames=None):
+    if slice_index is not None:
+        raise ValueError("qperf: slice_index does not apply (each frame is one 2-D image); use frames=")
+    if frames is not None and modalities is not None:
+        raise ValueError("give frames= or modalities=, not both")
+    names = _resolve("subject", subjects, spec.subjects, spec.subjects[:1], "qperf")
+    out, aifs = [], []
+    for s in names:
+        count = _QPERF_FRAMES[s]
+        if frames is not None:
+            sel = [frames] if isinstance(frames, (int, np.integer)) else list(frames)
+            if not sel or any(isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= t < count
+                              for t in sel):
+                raise ValueError(f"qperf/{s}: frames must be integers in 0..{count - 1}, got {frames!r}")
+        elif modalities is not None:
+            sel = [int(m[5:]) for m in _resolve("frame", modalities, spec.modalities[:count], (), f"qperf/{s}")]
+        else:
+            sel = list(range(count))
+        subj, aif = _read_qperf(s, [int(t) for t in sel])
+        out.append(subj)
+        aifs.append(aif)
+    return out, aifs
+
+
 # --------------------------------------------------------------------------------------------------- geometry
 def _bbox(mask: np.ndarray, min_count: int = 2):
     """Per-axis (lo, hi) index range of ``mask`` (rows with fewer than ``min_count`` voxels ignored)."""
@@ -330,6 +532,8 @@ def _roi_mask(subj: _Subject, roi: str | None) -> np.ndarray | None:
         return None
     if roi == "labels" and subj.labels is not None and (subj.labels > 0).any():
         return subj.labels > 0
+    if roi == "brain_mask" and "brain_mask" in subj.extra:
+        return subj.extra["brain_mask"] > 0
     return _foreground(subj.images)
 
 
@@ -370,9 +574,12 @@ _SETTINGS = {
     "brainweb_labels": (_read_brainweb_labels, "foreground", 4.0, 0.6, None, "first"),
     "brainweb_slices": (_read_brainweb_slices, "foreground", 4.0, 0, ("T1", "PD"), "first"),
     "ants_slices": (_read_ants_slices, "foreground", 4.0, 0, None, "all"),
+    "brainweb47": (_read_brainweb47, "foreground", 4.0, 0.6, None, "first"),
+    "brainweb20": (_read_brainweb20, "foreground", 4.0, 0.6, None, "all"),
+    "brats2015": (_read_brats2015, "brain_mask", 4.0, "labels", None, "first"),
 }
 _KW = {"icbm152": {"skull_strip"}, "myops_cmr": {"pathology"}, "oasis": {"labels", "include_atlas"},
-       "cine_cmr": {"frames", "group_by"}}
+       "cine_cmr": {"frames", "group_by"}, "brainweb47": {"labels"}, "brainweb20": {"labels"}, "qperf": {"frames"}}
 
 
 def _resolve(kind: str, requested, valid: tuple[str, ...], default: tuple[str, ...], dataset: str) -> list[str]:
@@ -429,7 +636,9 @@ def load_dataset(name: str, *, dim: int = 2, size: int | None = 128, slice_index
         normalize: robust percentile scaling of each image to [0, 1]; ``False`` keeps resampled raw intensities.
         **kw: dataset options - icbm152: ``skull_strip=True``; myops_cmr: ``pathology=False`` (True: labels 4 edema,
             5 scar); oasis: ``labels="aseg"|"tissue"``, ``include_atlas=False`` (2-D); cine_cmr:
-            ``frames=None`` (list of 0..16), ``group_by="slice"|"frame"``.
+            ``frames=None`` (list of 0..16), ``group_by="slice"|"frame"``; brainweb47, brainweb20:
+            ``labels="tissue"|"classes"`` (0-3 or all 12 BrainWeb classes); qperf: ``frames=None`` (the series'
+            frame indices; the group is the frames of each series in ``subjects``).
     Returns:
         ImageGroup with images ``[N, 1, *S]`` float32, labels ``[N, 1, *S]`` int64 (or None), spacing in mm,
         names ``"subject/modality"``, affines ``[N, 4, 4]`` (tensor index -> world mm; 2-D: ``(row, col, 0)``),
@@ -451,6 +660,9 @@ def load_dataset(name: str, *, dim: int = 2, size: int | None = 128, slice_index
     if name == "cine_cmr":
         subs, roi, margin, rule = _cine_subjects(spec, dim, slice_index, subjects, modalities, **kw)
         slice_index = None if dim == 3 else 0
+    elif name == "qperf":
+        subs, aifs = _qperf_subjects(spec, slice_index, subjects, modalities, **kw)
+        roi, margin, rule = None, 0.0, 0
     else:
         reader, roi, margin, rule, default_mods, default_subs = _SETTINGS[name]
         subject_list = _resolve("subject", subjects, spec.subjects,
@@ -465,6 +677,16 @@ def load_dataset(name: str, *, dim: int = 2, size: int | None = 128, slice_index
                 raise ValueError("the oasis atlas is slice 100; use slice_index=None or 100 with include_atlas")
             subs.append(_AtlasSubject(_read_oasis("atlas", mods, labels=kw.get("labels", "aseg"))))
     group = _build(ImageGroup, spec, subs, dim, size, slice_index, roi, margin, rule, device, normalize)
+    if name == "qperf":
+        group.meta["frame_interval_s"] = 0.5
+        if "series_labels" in group.meta:
+            group.meta["series_label_names"] = dict(spec.label_names)
+        group.meta["aif"] = {s.name: torch.from_numpy(a.astype(np.float32)) for s, a in zip(subs, aifs)
+                             if a is not None}
+    if name in ("brainweb47", "brainweb20") and kw.get("labels", "tissue") == "classes":
+        from .registry import BRAINWEB20_CLASSES
+
+        group.label_names = dict(BRAINWEB20_CLASSES)
     if name == "oasis" and kw.get("labels", "aseg") == "tissue":
         group.label_names = {0: "background", 1: "CSF", 2: "grey matter", 3: "white matter"}
     return group
@@ -514,6 +736,18 @@ def _cine_subjects(spec, dim, slice_index, subjects, modalities, frames=None, gr
     return subs, None, 0.0, 0
 
 
+def _check_slice_has_anatomy(name: str, s: _Subject, k: int) -> None:
+    """A requested 2-D slice must show something in every image (a constant slice normalises to all zeros)."""
+    for m, arr in s.images.items():
+        flat = arr.reshape(arr.shape[0], -1)
+        varies = flat.max(1) - flat.min(1) > 1e-6 * max(1.0, float(np.abs(flat).max()))
+        if not varies[k]:
+            idx = np.flatnonzero(varies)
+            where = f"slices {idx[0]}..{idx[-1]} hold anatomy" if idx.size else "no slice holds anatomy"
+            raise ValueError(f"{name}/{s.name}/{m}: slice_index={k} lies outside the anatomy (the slice is constant, "
+                             f"the group would be all zeros); {where}, or use slice_index=None for the default")
+
+
 def _build(ImageGroup, spec, subs, dim, size, slice_index, roi, margin, rule, device, normalize):
     name = spec.name
     shapes = {next(iter(s.images.values())).shape for s in subs if not isinstance(s, _AtlasSubject)}
@@ -531,6 +765,7 @@ def _build(ImageGroup, spec, subs, dim, size, slice_index, roi, margin, rule, de
                     raise ValueError(f"{name}/{s.name}: slice_index must be an integer in 0..{depth - 1}, "
                                      f"got {slice_index!r}")
                 k = int(slice_index)
+                _check_slice_has_anatomy(name, s, k)
             else:
                 k = _default_slice(s, rule, mask)
             plans.append([s, k, None if mask is None else mask[k]])

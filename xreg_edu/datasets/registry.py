@@ -445,6 +445,34 @@ e298c00ec0639258662689242eb380619f8af5129812ea57b3715e525a981b67 4051660 open_ms
 e813b2805017dcf886da9bb5e6c6c548dfa938c17d49ecd66ea1caabe3794b32 4062564 open_ms_data_mni/patient26/T1_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz
 b84155ea55bfa1d8e1714161d302c393efae67b3bc580c99c4d09d5e49994e7f 4066719 open_ms_data_mni/patient26/T2_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz
 32b14f2d7027518d9b3689ca0bdb908a1ed402db1a61ff2eb4c8184a475b12e0 3616674 voxelmorph_oasis/test_scan.npz
+4b489cbb2397aaf9f8a24868f734b913b97054b7298c341b7f35a8094cd07b1e 3459193 brainweb_subject47_t1t2pd_deepsynmri/mask/subject47_crisp_v.mnc.gz
+a05a5cdc61e6ba2b28d4f4b4d9c7040213056597f9d03033a6fa499146cbbeb0 2392923 brainweb_subject47_t1t2pd_deepsynmri/noise-1-INU-00/brainweb_0.mnc.gz
+3bc48f60a23a04dda5216ff22147b693218996284594665bc43a34468d8f4989 2438326 brainweb_subject47_t1t2pd_deepsynmri/noise-1-INU-00/brainweb_1.mnc.gz
+6464a4bb460a8c724f4c5a4c863c62461c4190d80fd275844b60a76c9d3e3308 2286016 brainweb_subject47_t1t2pd_deepsynmri/noise-1-INU-00/brainweb_2.mnc.gz
+1a1b55755dc4eb7e8319209d9c3b161101b9fdda882c434486468ab1254fb6bf 3222205 brainweb20_crisp_eecs556/subject05_crisp_v.mnc.gz
+aa95b98fa17e3fc88310ce11a073722bc5152839a0a2169d60320dd0fb58baaa 2941575 brainweb20_crisp_eecs556/subject20_crisp_v.mnc.gz
+971722d190555e55e29aba3b96a495d98d5d512255596838073f7c4ffbc84c89 3192675 brainweb20_crisp_eecs556/subject38_crisp_v.mnc.gz
+2ca484deec4afee39ecaa2025dab8a02dc7a530f6a5f53e51be7ff20aec91f59 3269617 brainweb20_crisp_eecs556/subject41_crisp_v.mnc.gz
+20325bbb7f0d76cd6e8f0e7a4cfc3918e4879fb5f713b17d20254c7ae356a919 3056117 brainweb20_crisp_eecs556/subject42_crisp_v.mnc.gz
+2fdfb97e0842ba37ce51f0cbea5b93b31acca7818eb7145c4f8df239db52f758 3285884 brainweb20_crisp_eecs556/subject43_crisp_v.mnc.gz
+f471c997521163d2d783469c503cab82b811c4f42a21d2f0560544501e74f7ce 3106890 brainweb20_crisp_eecs556/subject45_crisp_v.mnc.gz
+77274eb52d1220ce1e62cfb0b35738d51c4f72ab2e5a144638857e8c6310c1d3 2953813 brainweb20_crisp_eecs556/subject51_crisp_v.mnc.gz
+39bf27e9dbe7666348215fca1601754c7dfcbb74c1e075ac5275b3726c30fa77 3238201 brainweb20_crisp_eecs556/subject52_crisp_v.mnc.gz
+9628c03b25346991dd53d186ca052bee5b9337dc0b040abdc3f07bb90570d078 13392 qperf_perfusion_nhlbi/aif_example1/aif_masks_final.npy
+5501ccf9cb5b9a4a9196cb2bcc50a3152b546c51c26779b165c8c5144ed2e011 1317968 qperf_perfusion_nhlbi/aif_example1/aif_scc.npy
+cb1abdd9dee590cb1f32405387f1678a31b279e91c93f752ee8ebf121918ac46 348 qperf_perfusion_nhlbi/examples/aif.hdr
+862e5fdedb3083f368647b42c0a6ab1927ce5413cc6b9756dba6ba138950e68e 272 qperf_perfusion_nhlbi/examples/aif.img
+f11179511acaab7cf56d4878b239ee9ff349033b9e917d3c93a269dbc5a8add1 348 qperf_perfusion_nhlbi/examples/aif_stress.hdr
+2feae22d473b87db799ebe78b6942e675182a2511315218083db52e5e5611bbf 236 qperf_perfusion_nhlbi/examples/aif_stress.img
+5e8443957a0387e194fa62dbaf62f5f547d9a4f63c448bcc5138c30e1b80e693 348 qperf_perfusion_nhlbi/examples/data.hdr
+4f4de9bdf11cad3a46927afae6da7e8d5eaacd4eef994e6766cf3714fb8da62c 651984 qperf_perfusion_nhlbi/examples/data.img
+12b20afa1ae9faac17e2e3214008ab8a84371cead019477f5de12ffe38243594 348 qperf_perfusion_nhlbi/examples/data_stress.hdr
+9c8f64a957ed49ec5289a4b611ce8c74fc6c4e78bed48a6db754b9af972617c3 349280 qperf_perfusion_nhlbi/examples/data_stress.img
+93c76c5af1c9c1644e3b8ff4f86f08a1684b49d19eabb78d12736bf0a42a5bc1 2714192 brats2015_deepmedic_pat0004/brats_2013_pat0004_1/Flair_subtrMeanDivStd.nii.gz
+e112a28c1877c57a505a6ded17a5e517ea51b48b81dba9356b80f660b79c06c7 1228 brats2015_deepmedic_pat0004/brats_2013_pat0004_1/License_CC_BY_NC_SA_3.0.txt
+5457e8dfa75d1870065df16511ea7cad83f187380fcc43be0bb46e1927d6b47b 64584 brats2015_deepmedic_pat0004/brats_2013_pat0004_1/OTMultiClass.nii.gz
+c50f360e9d96e42d1ff3195e326a2c6a23a827b0bf09b9b31ecdfafd209dd698 2795188 brats2015_deepmedic_pat0004/brats_2013_pat0004_1/T1c_subtrMeanDivStd.nii.gz
+17829e0a5946529a2137f46e14860472f2158155f4932ecf6591bcbc6a581d8b 300404 brats2015_deepmedic_pat0004/brats_2013_pat0004_1/brainmask.nii.gz
 """
 
 
@@ -480,6 +508,15 @@ _ORIGINS = {
     "brainweb_crisp_3mm_nrough": ("nrough/framework", "f0c64cc5908c7f5b1379494cfabfe0ca09fe1d41",
                                   lambda p: f"Tests/NRough.Tests.MRI/Data/{p}"),
     "antspy_r_slices": ("ANTsX/ANTsPy", "0cf1e566019d92a5e878129fa4cf1af839ccb826", lambda p: f"data/{p}"),
+    "brainweb_subject47_t1t2pd_deepsynmri": ("StatPal/DeepSynMRI", "c252903c018c73c360c15d03b2bd642852597ffd",
+                                             lambda p: f"data/{p}"),
+    "brainweb20_crisp_eecs556": ("EECS556/EECS556_brain", "4da6b61b3f77c09ac68ae1be17823413f71b760a", lambda p: p),
+    "qperf_perfusion_nhlbi": (
+        "xueh2/QPerf", "436d64b390876fdd4e9c410aef70970febf1e405",
+        lambda p: p if p.startswith("examples/") else
+        "deep_learning/aif_detection/data/aif/example1/" + p.split("/", 1)[1]),
+    "brats2015_deepmedic_pat0004": ("deepmedic/deepmedic", "e10ba7c3570d06194f5dadca91d99d5e7bba7de5",
+                                    lambda p: f"examples/dataForExamples/brats2015TrainingData/validation/{p}"),
 }
 
 
@@ -511,6 +548,16 @@ MYOPS_PATHOLOGY_LABELS = {0: "background", 1: "normal LV myocardium", 2: "LV blo
                           4: "myocardial edema", 5: "myocardial scar"}
 BRAINWEB_CLASSES = {0: "background", 1: "CSF", 2: "grey matter", 3: "white matter", 4: "fat", 5: "muscle/skin",
                     6: "skin", 7: "skull", 8: "glial matter", 9: "connective tissue"}
+
+_BRAINWEB_TERMS = ("BrainWeb gives no formal licence (data 'freely available to the neuroimaging community'); "
+                   "cite the BrainWeb papers.")
+_BRAINWEB20_CITE = ("Aubert-Broche B., Griffin M., Pike G.B., Evans A.C., Collins D.L., 'Twenty new digital brain "
+                    "phantoms for creation of validation image data bases', IEEE TMI 25(11):1410-1416, 2006; "
+                    + _BRAINWEB_CITE)
+BRAINWEB20_CLASSES = {0: "background", 1: "CSF", 2: "grey matter", 3: "white matter", 4: "fat", 5: "muscle",
+                      6: "muscle/skin", 7: "skull", 8: "vessels", 9: "around fat", 10: "dura mater",
+                      11: "bone marrow"}
+BRAINWEB_TISSUE = {0: "background", 1: "CSF", 2: "grey matter", 3: "white matter"}
 
 _SPECS = [
     DatasetSpec(
@@ -737,6 +784,127 @@ _SPECS = [
         label_names=None,
         default_group="6 images r16/T1 ... r85/T1 (all subjects; 2-D only).",
         dims=(2,),
+    ),
+    DatasetSpec(
+        name="brainweb47",
+        title="BrainWeb subject 47: T1-, T2- and PD-weighted MR simulations + crisp tissue model",
+        description=("Three spin-echo acquisitions of the same BrainWeb anatomical model (subject 47) produced by the "
+                     "BrainWeb MR simulator - T1-weighted (TE/TR 10/600 ms), T2-weighted (80/2000 ms), PD-weighted "
+                     "(10/3000 ms), 1 % noise, no intensity non-uniformity - 36x217x181 (z, y, x) at 5x1x1 mm, "
+                     "gzipped MINC-1 read with nibabel, plus the subject's crisp tissue model (12 classes, 0.5 mm). "
+                     "The talk's rigid-registration data: the three images are aligned, the model gives exact "
+                     "tissue ground truth."),
+        files=_files("brainweb_subject47_t1t2pd_deepsynmri"),
+        source="github.com/StatPal/DeepSynMRI @ c252903c018c73c360c15d03b2bd642852597ffd "
+               "(data/noise-1-INU-00, data/mask)",
+        upstream="https://brainweb.bic.mni.mcgill.ca/brainweb/anatomic_normal_20.html",
+        licence=_BRAINWEB_TERMS + " (DeepSynMRI code: GPL-3.0.)",
+        citation=_BRAINWEB20_CITE + " Pal S., Dutta S., Maitra R., 'Personalized synthetic MR imaging with deep "
+                 "learning enhancements', Magn. Reson. Med. 89(4):1634-1643, 2023, doi:10.1002/mrm.29527.",
+        use=("Multi-contrast rigid registration at the talk's scale (apply known transforms to the aligned "
+             "T1/T2/PD) with tissue Dice; 2-D slice groups and 3-D volumes with 5 mm slices."),
+        modalities=("T1", "T2", "PD"),
+        subjects=("subject47",),
+        label_names=BRAINWEB_TISSUE,
+        default_group=("3 images subject47/{T1, T2, PD}; 2-D: the axial slice at 60% of the head's extent; labels = "
+                       "the crisp model (0.5 mm) moved onto the 5x1x1 mm image grid by the header affines (majority "
+                       "class of the 10x2x2 model voxels inside each image voxel): 0 bg, 1 CSF, 2 GM, 3 WM "
+                       "(labels='classes' keeps all 12 classes)."),
+        notes=("The images are outputs of the BrainWeb MR simulator (physics-based simulations, not scanner "
+               "acquisitions, not synthesised by xreg_edu). Header origins: images (-90, -126, -72) mm, model "
+               "(-90.25, -126.25, -72.25) mm, one world frame; the first image slice extends 2 mm below the model "
+               "(counted as background). Tensor rows are flipped so that anterior is at the top."),
+    ),
+    DatasetSpec(
+        name="brainweb20",
+        title="BrainWeb anatomical models of 10 normal subjects rendered as T1-like images (SIMULATED)",
+        description=("The crisp tissue models (12 classes, 362x434x362 at 0.5 mm, one world frame) of 10 BrainWeb "
+                     "normal adults (subjects 05, 20, 38, 41, 42, 43, 45, 47, 51, 52). Each model is rendered as a "
+                     "T1-like image at 1 mm: every 0.5 mm voxel gets its class's median intensity in subject 47's "
+                     "BrainWeb T1-weighted simulation, averaged over 2x2x2 blocks (partial volume at tissue borders); "
+                     "labels are the block's majority class. SIMULATED images, named 'T1_simulated': no acquisition "
+                     "and no noise. For inter-subject groupwise registration with exact tissue labels."),
+        files=_files("brainweb20_crisp_eecs556") + tuple(
+            f for f in _files("brainweb_subject47_t1t2pd_deepsynmri")
+            if f.path.endswith(("subject47_crisp_v.mnc.gz", "brainweb_0.mnc.gz"))),
+        source="github.com/EECS556/EECS556_brain @ 4da6b61b3f77c09ac68ae1be17823413f71b760a (repository root); "
+               "subject 47 and the T1 simulation that sets the class intensities: github.com/StatPal/DeepSynMRI @ "
+               "c252903c018c73c360c15d03b2bd642852597ffd",
+        upstream="https://brainweb.bic.mni.mcgill.ca/brainweb/anatomic_normal_20.html",
+        licence=_BRAINWEB_TERMS + " (No licence file in EECS556/EECS556_brain.)",
+        citation=_BRAINWEB20_CITE,
+        use=("Inter-subject (OASIS-style) groupwise registration of >= 8 brains with CSF/GM/WM Dice; the models "
+             "share one grid but are not aligned to each other beyond BrainWeb's common space."),
+        modalities=("T1_simulated",),
+        subjects=tuple(f"subject{i:02d}" for i in (5, 20, 38, 41, 42, 43, 45, 47, 51, 52)),
+        label_names=BRAINWEB_TISSUE,
+        default_group=("10 images subject05/T1_simulated ... subject52/T1_simulated (all subjects); 2-D: the axial "
+                       "slice at 60% of the head's extent (one slice for all: same grid); labels 0 bg, 1 CSF, "
+                       "2 GM, 3 WM (labels='classes' keeps all 12 classes)."),
+        simulated=("T1_simulated",),
+        notes="Rows are flipped so that anterior is at the top. Reading one 0.5 mm model takes about 3 s.",
+    ),
+    DatasetSpec(
+        name="qperf",
+        title="QPerf first-pass myocardial perfusion series (NIH/NHLBI examples) with LV/RV masks",
+        description=("Single-slice first-pass perfusion MR time series from the QPerf examples: 'aif' - the "
+                     "low-resolution arterial-input-function image series (64x52 pixels, 99 frames, surface-coil "
+                     "corrected intensities) in which the bolus passes the RV then the LV, with an LV/RV blood-pool "
+                     "mask; 'rest' and 'stress' - myocardial crops (51x47, 68 frames; 40x37, 59 frames) already "
+                     "converted to Gd concentration (mmol/L) by the QPerf pipeline (probably motion-corrected), "
+                     "with their arterial input functions. Analyze 7.5 (.hdr/.img) and NumPy (.npy) files."),
+        files=_files("qperf_perfusion_nhlbi"),
+        source="github.com/xueh2/QPerf @ 436d64b390876fdd4e9c410aef70970febf1e405 (examples/, "
+               "deep_learning/aif_detection/data/aif/example1/)",
+        upstream="https://github.com/xueh2/QPerf ; more AIF series: "
+                 "https://gadgetrondata.blob.core.windows.net/open-shared-datasets/AIF_share_20200325.zip",
+        licence=("None stated (no licence file; work of Hui Xue, NHLBI/NIH, a US-government author): research and "
+                 "teaching use with attribution."),
+        citation=("Xue H. et al., 'Automatic in-line quantitative myocardial perfusion mapping: processing algorithm "
+                  "and implementation', Magn. Reson. Med. 83(2):712-730, 2020, doi:10.1002/mrm.27954; Xue H. et al., "
+                  "'Automated detection of left ventricle in arterial input function images for inline perfusion "
+                  "mapping using deep learning: a study of 15,000 patients', Magn. Reson. Med. 84(5):2788-2800, "
+                  "2020."),
+        use=("Spatiotemporal (mono-modal, contrast-changing) groupwise motion correction of a perfusion series: all "
+             "frames of one series form the group; time-intensity curves in the LV/RV masks."),
+        modalities=tuple(f"frame{t:02d}" for t in range(99)),
+        subjects=("aif", "rest", "stress"),
+        label_names={0: "background", 1: "LV blood pool", 2: "RV blood pool"},
+        default_group=("99 images aif/frame00..frame98 (the whole AIF series; frames= selects some; rest: 68 "
+                       "frames, stress: 59). labels=None: the single LV/RV mask (aif only) is in meta['series_labels'] "
+                       "[N, 1, H, W], the same map for each frame, kept out of labels (as per-frame labels it would "
+                       "fake a perfect alignment); "
+                       "meta['aif'] holds the rest/stress arterial input function (mmol/L per frame)."),
+        dims=(2,),
+        notes=("No pixel spacing is stored (headers say 1): 1 mm per pixel is assumed, so spacings are in pixels. "
+               "Frame interval 500 ms (QPerf README, --dt 500). LV = 1, RV = 2 in the mask were inferred upstream "
+               "from the bolus timing (label 2 peaks at frame 26, label 1 at frame 36)."),
+    ),
+    DatasetSpec(
+        name="brats2015",
+        title="BRATS 2015 glioma patient brats_2013_pat0004_1 (FLAIR, T1c, tumour labels, brain mask)",
+        description=("One co-registered, skull-stripped high-grade glioma case of the BRATS 2015 training data "
+                     "(240x240x155 at 1 mm, BRATS space): FLAIR and contrast-enhanced T1 (T1c), each normalised to "
+                     "zero mean / unit variance inside the brain by DeepMedic's preprocessing, BRATS 2015 tumour "
+                     "labels and a brain mask. Only FLAIR and T1c are available."),
+        files=_files("brats2015_deepmedic_pat0004"),
+        source="github.com/deepmedic/deepmedic @ e10ba7c3570d06194f5dadca91d99d5e7bba7de5 "
+               "(examples/dataForExamples/brats2015TrainingData/validation/brats_2013_pat0004_1)",
+        upstream="https://www.synapse.org/brats ; https://www.smir.ch/BRATS/Start2015",
+        licence=("Creative Commons Attribution-NonCommercial-ShareAlike 3.0 Switzerland (CC BY-NC-SA 3.0 CH), per "
+                 "the included License_CC_BY_NC_SA_3.0.txt; DeepMedic code BSD-3-Clause."),
+        citation=("Menze B.H. et al., 'The Multimodal Brain Tumor Image Segmentation Benchmark (BRATS)', "
+                  "IEEE TMI 34(10):1993-2024, 2015; Kamnitsas K. et al., 'Efficient multi-scale 3D CNN with fully "
+                  "connected CRF for accurate brain lesion segmentation', Medical Image Analysis 36:61-78, 2017."),
+        use=("Intra-subject two-contrast brain group with a tumour (gWI, tumour Dice after a synthetic "
+             "misalignment); the brain mask gives the ROI."),
+        modalities=("FLAIR", "T1c"),
+        subjects=("pat0004",),
+        label_names={0: "background", 1: "necrosis", 2: "edema", 3: "non-enhancing tumour", 4: "enhancing tumour"},
+        default_group=("2 images pat0004/{FLAIR, T1c}; 2-D: the axial slice with the largest tumour area, cropped to "
+                       "the brain mask (+4 mm); meta['brain_mask'] holds the resampled mask."),
+        notes="Outside the brain the normalised intensities are constant (the minimum), inside zero mean / unit "
+              "variance; normalize=False keeps those values.",
     ),
 ]
 

@@ -1,20 +1,34 @@
 """``register_group``: the public entry point of groupwise registration (X-CoReg and the baselines)."""
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
 from .._env import is_quick
-from .._checks import check_bins, check_classes, check_group, check_mask
+from .._checks import check_class_maps, check_classes, check_group, check_mask, check_seed
 from ..group import ImageGroup
 from .loop import LoopOptions, Stage, run_stages
 from .objectives import OBJECTIVES, XCoReg, APE, CTE, Congealing, GMM
+from .options import (TRANSFORMS, ConvergenceOptions, ObjectiveOptions, ScheduleOptions, TransformLevel,
+                      parse_transform)
 from .result import RegistrationResult
 
 METHODS = tuple(OBJECTIVES)
-TRANSFORMS = ("rigid", "affine", "ffd", "svf", "dense")
+
+#: the keywords of the former 37-keyword signature and the option object that now holds each
+MOVED = {
+    **dict.fromkeys(("bins", "appearance", "prior", "min_prob", "lookup", "init_posterior", "warmup",
+                     "estep_histogram", "gmm_init", "kernel_sigma", "regularization", "normalize"), "objective"),
+    **dict.fromkeys(("optimizer", "step_size", "iterations", "pyramid", "refine_step", "sample_rate"), "schedule"),
+    **dict.fromkeys(("tol", "window", "check_every", "min_iterations", "decays"), "convergence"),
+    **dict.fromkeys(("alpha", "control_spacing", "velocity_spacing", "svf_steps"), "transform"),
+}
+_OPTION_CLASSES = {"objective": ObjectiveOptions, "schedule": ScheduleOptions, "convergence": ConvergenceOptions}
+#: the sampled histograms of a stage hold at least min(all voxels, this x bins) voxels
+MIN_SAMPLES_PER_BIN = 8
 
 #: default step size eta (mm per step, see :mod:`.optim`) and iteration budget per stage, per transform kind
 DEFAULTS = {
@@ -24,40 +38,6 @@ DEFAULTS = {
     "svf": {"step_size": 0.5, "iterations": 200, "alpha": 0.03},
     "dense": {"step_size": 0.1, "iterations": 200, "alpha": 0.1},
 }
-
-
-def _parse_levels(transform, control_spacing) -> list[tuple[str, dict]]:
-    """``"rigid"``, ``"rigid+ffd"``, ``["rigid", ("ffd", {"control_spacing": 20})]`` -> [(kind, kwargs)]."""
-    if isinstance(transform, str):
-        items = [t.strip() for t in transform.replace(",", "+").split("+") if t.strip()]
-    elif isinstance(transform, (list, tuple)):
-        items = list(transform)
-    else:
-        raise TypeError(f"transform must be a string or a list of levels, got {type(transform).__name__}")
-    if not items:
-        raise ValueError("transform names no level")
-    levels = []
-    for item in items:
-        kw = {}
-        if isinstance(item, (tuple, list)):
-            if len(item) != 2 or not isinstance(item[1], dict):
-                raise ValueError(f"a transform level must be a name or (name, dict), got {item!r}")
-            item, kw = item[0], dict(item[1])
-        elif isinstance(item, dict):
-            kw = dict(item)
-            item = kw.pop("kind", None)
-        if item not in TRANSFORMS:
-            raise ValueError(f"unknown transform {item!r}; choose from {TRANSFORMS}")
-        if item == "ffd":
-            cs = kw.get("control_spacing", control_spacing)
-            # a list of per-level spacings (each a number or a per-axis tuple) = one FFD level each, coarse -> fine
-            if isinstance(cs, list) and len(cs) > 1:
-                for c in cs:
-                    levels.append(("ffd", {**kw, "control_spacing": c}))
-                continue
-            kw.setdefault("control_spacing", cs)
-        levels.append((item, kw))
-    return levels
 
 
 def _per_level(value, n: int, name: str, default: Sequence) -> list:
@@ -70,105 +50,116 @@ def _per_level(value, n: int, name: str, default: Sequence) -> list:
     return [value] * n
 
 
-def make_objective(method: str, *, num_classes: int = 4, bins: int = 32, **kw):
-    """Build the objective for ``method`` (``"xcoreg" | "ape" | "cte" | "cg" | "gmm"``) from its keywords."""
+def make_objective(method: str, num_classes: int = 4, options: ObjectiveOptions | None = None):
+    """Build the objective for ``method`` (``"xcoreg" | "ape" | "cte" | "cg" | "gmm"``) from ``options``."""
+    o = options if options is not None else ObjectiveOptions()
     if method == "xcoreg":
-        keys = ("appearance", "prior", "min_prob", "lookup", "init_posterior", "warmup", "estep_histogram")
-        return XCoReg(num_classes, bins, **{k: kw[k] for k in keys if k in kw})
+        return XCoReg(num_classes, o.bins, appearance=o.appearance, prior=o.prior, min_prob=o.min_prob,
+                      lookup=o.lookup, init_posterior=o.init_posterior, warmup=o.warmup,
+                      estep_histogram=o.estep_histogram)
     if method == "ape":
-        return APE(bins)
+        return APE(o.bins)
     if method == "cte":
-        return CTE(bins)
+        return CTE(o.bins)
     if method == "cg":
-        return Congealing(kw.get("kernel_sigma", 1.0))
+        return Congealing(o.kernel_sigma)
     if method == "gmm":
-        return GMM(num_classes, init=kw.get("gmm_init", "random"))
+        return GMM(num_classes, init=o.gmm_init)
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
 
 
 def _normalise(images: Tensor, mask: Tensor | None) -> Tensor:
-    """z-score each image over its (masked) voxels; constant images are only centred."""
+    """z-score each image over its (masked) voxels; constant images are only centred.
+
+    Each image is first divided by its largest magnitude, so huge values (1e300) cannot overflow the variance.
+    """
+    view = (-1,) + (1,) * (images.dim() - 1)
+    flat = images.reshape(images.shape[0], -1)
+    scale = flat.abs().amax(1).clamp_min(torch.finfo(images.dtype).tiny)
+    images = images / scale.view(view)
     flat = images.reshape(images.shape[0], -1)
     sel = flat if mask is None else flat[:, mask.reshape(-1)]
     mean = sel.mean(1)
     std = sel.std(1)
     std = torch.where(std > 1e-12, std, torch.ones_like(std))
-    view = (-1,) + (1,) * (images.dim() - 1)
     return (images - mean.view(view)) / std.view(view)
 
 
-def register_group(images: Tensor | ImageGroup, method: str = "xcoreg", transform="rigid", num_classes: int = 4,
-                   step_size: float | Sequence[float] | None = None, iterations: int | Sequence[int] | None = None,
-                   bins: int = 32, sample_rate: float = 1.0, mask: Tensor | None = None,
-                   spacing: Sequence[float] | None = None, seed: int = 0, device=None, progress: bool = False, *,
-                   optimizer: str = "adam", pyramid: int = 1, alpha: float | Sequence[float] | None = None,
-                   regularization: str = "bending", control_spacing=None, svf_steps: int = 7,
-                   velocity_spacing=None, appearance: str = "hist", prior="global", min_prob: float = 1e-3,
-                   lookup: str = "hard", init_posterior: Tensor | None = None, warmup: int = 0,
-                   estep_histogram: str = "spline", gmm_init: str = "random", kernel_sigma: float = 1.0,
-                   tol: float = 1e-4, window: int = 10, check_every: int = 5, min_iterations: int | None = None,
-                   decays: int = 0, refine_step: float = 0.25, normalize: bool = True,
-                   callback=None) -> RegistrationResult:
+def _coarsest_voxels(shape: tuple[int, ...], pyramid: int) -> int:
+    """Voxels of the coarsest pyramid level (as :func:`xreg_edu.spatial.downsample`)."""
+    for _ in range(pyramid - 1):
+        shape = tuple(max((n - 1) // 2 + 1, 2) for n in shape)
+    return int(torch.Size(shape).numel())
+
+
+def _option(value, name: str):
+    cls = _OPTION_CLASSES[name]
+    if value is None:
+        return cls()
+    if not isinstance(value, cls):
+        raise TypeError(f"{name} must be a {cls.__name__} (e.g. {name}=xr.{cls.__name__}(...)), "
+                        f"got {type(value).__name__}")
+    return value
+
+
+def register_group(images: Tensor | ImageGroup, method: str = "xcoreg",
+                   transform: str | TransformLevel | Sequence = "rigid", *, num_classes: int = 4,
+                   mask: Tensor | None = None, spacing: Sequence[float] | None = None, seed: int = 0, device=None,
+                   progress: bool = False, callback=None, objective: ObjectiveOptions | None = None,
+                   schedule: ScheduleOptions | None = None, convergence: ConvergenceOptions | None = None,
+                   **moved) -> RegistrationResult:
     """Groupwise registration of N images into their group-mean common space.
 
     Args:
         images: ``[N, 1, H, W]`` / ``[N, 1, D, H, W]`` float tensor, or an :class:`~xreg_edu.group.ImageGroup`
             (its spacing is used unless ``spacing`` is given). N >= 2, finite values.
         method: ``"xcoreg"`` (Algorithm 1, default), ``"ape"``, ``"cte"``, ``"cg"`` (congealing) or ``"gmm"``.
-        transform: ``"rigid" | "affine" | "ffd" | "svf" | "dense"``, or several levels optimised in turn,
-            e.g. ``"rigid+ffd"`` or ``["affine", ("ffd", {"control_spacing": 20}), ("ffd", {"control_spacing": 10})]``.
+        transform: ``"rigid" | "affine" | "ffd" | "svf" | "dense"``, several levels optimised in turn
+            (``"rigid+ffd"``), or :class:`~xreg_edu.groupwise.options.TransformLevel` objects and names, e.g.
+            ``["affine", TransformLevel("ffd", control_spacing=20), TransformLevel("ffd", control_spacing=10)]``.
         num_classes: K (X-CoReg classes / GMM components), >= 2.
-        step_size: eta, "mm per step" (angles and matrix entries are scaled by the grid radius, see
-            :mod:`xreg_edu.groupwise.optim`); one value or one per level; default per kind (:data:`DEFAULTS`).
-        iterations: budget per stage (each level x pyramid scale); one value or one per level.
-        bins: histogram bins L (>= 2).
-        sample_rate: fraction rho in (0, 1] of the overlap voxels used for the histograms each iteration.
         mask: optional ``[*S]`` foreground mask in the common space (AND-ed with the overlap of the FOVs). Keep a
             margin around the object: with a mask that hugs it, the images can raise the objective by sliding
             background into the mask.
         spacing: mm per axis (default: the group's, or 1 mm).
-        seed: seeds the random posterior initialisation and the voxel sampling (same seed -> same result).
+        seed: integer in [0, 2**63) seeding the random posterior initialisation and the voxel sampling (same seed
+            -> same result).
         device: where to compute (default: the images' device).
         progress: show a tqdm progress bar.
-        optimizer: ``"adam"`` (default, as the official code) or ``"sgd"`` (plain gradient descent, step eta).
-        pyramid: number of resolution levels (1 = full resolution only, 2 = half then full).
-        refine_step: step-size factor of each finer pyramid stage of a level relative to the coarser one.
-        alpha: weight of the regulariser of non-linear levels (bending energy of the raw parameters, summed over
-            the group = N x mean); one value or one per level; default per kind (:data:`DEFAULTS`: FFD 0.01, SVF 0.03).
-        regularization: ``"bending"`` or ``"membrane"``.
-        control_spacing: FFD control-point spacing in mm (default 1/8 of the largest extent).
-        svf_steps: scaling-and-squaring steps of SVF levels.
-        velocity_spacing: SVF velocity lattice spacing in mm (default 1/8 of the largest extent, as the FFD control
-            spacing; ``"voxel"``: one vector per voxel); the lattice is linearly interpolated to the image grid.
-        appearance, prior, min_prob, lookup, init_posterior, warmup, estep_histogram: X-CoReg options (see
-            :class:`~xreg_edu.groupwise.objectives.XCoReg`); ``prior`` is ``"global"`` or an atlas ``[K, *S]``.
-        gmm_init: GMM initialisation, ``"random"`` (default), ``"kmeans"`` or ``"symmetric"`` (official).
-        kernel_sigma: congealing Parzen width (z-score units).
-        tol, window, check_every, min_iterations: convergence test: stop a stage when the relative change of two
-            consecutive ``window``-iteration loss averages is below ``tol`` (checked every ``check_every`` its).
-        decays: number of times the step size is halved at convergence before stopping (refinement).
-        normalize: z-score every image first (the histogram methods are invariant; CG/GMM/CTE need it).
         callback: optional ``f(stage, iteration, transform, loss, state)`` called after every step, ``state`` being
             the objective's current outputs (X-CoReg: ``{"posterior": [K,*S], "prior": ...}``), e.g. for animations.
+        objective: :class:`~xreg_edu.groupwise.options.ObjectiveOptions` (bins, X-CoReg/GMM/CG settings,
+            regulariser, normalisation).
+        schedule: :class:`~xreg_edu.groupwise.options.ScheduleOptions` (optimiser, step sizes, iterations,
+            pyramid, voxel sampling). The sample of each stage must hold at least min(all its voxels,
+            8 x bins) voxels.
+        convergence: :class:`~xreg_edu.groupwise.options.ConvergenceOptions` (when a stage stops).
+        **moved: the former keywords (``iterations=`` ...) raise a TypeError naming the option object that holds
+            them now (:data:`MOVED`).
 
     Returns:
-        :class:`~xreg_edu.groupwise.result.RegistrationResult`.
+        :class:`~xreg_edu.groupwise.result.RegistrationResult`; its ``options`` record every setting used.
     """
+    for key in moved:
+        if key in MOVED:
+            where = MOVED[key]
+            cls = "TransformLevel" if where == "transform" else _OPTION_CLASSES[where].__name__
+            raise TypeError(f"register_group() no longer takes {key}=: pass {where}=xr.{cls}({key}=...)"
+                            + (" (or a list of them, one per level)" if where == "transform" else ""))
+        raise TypeError(f"register_group() got an unexpected keyword argument {key!r}")
+    objective = _option(objective, "objective")
+    schedule = _option(schedule, "schedule")
+    convergence = _option(convergence, "convergence")
     group_spacing = None
     if isinstance(images, ImageGroup):
         group_spacing = images.spacing
         images = images.images
     check_group(images, "images", min_n=2)
+    images = images.detach()              # the registration never differentiates through its inputs
     if method not in OBJECTIVES:
         raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
     check_classes(num_classes)
-    check_bins(bins)
-    if not (isinstance(sample_rate, (int, float)) and 0.0 < float(sample_rate) <= 1.0):
-        raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate!r}")
-    if isinstance(pyramid, bool) or not isinstance(pyramid, int) or pyramid < 1:
-        raise ValueError(f"pyramid must be an integer >= 1, got {pyramid!r}")
-    if optimizer not in ("adam", "sgd"):
-        raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+    check_seed(seed)
     dim = images.dim() - 2
     shape = tuple(images.shape[2:])
     if spacing is None:
@@ -181,74 +172,82 @@ def register_group(images: Tensor | ImageGroup, method: str = "xcoreg", transfor
     device = images.device
     images = images.float() if images.dtype not in (torch.float32, torch.float64) else images
     if mask is not None:
-        mask = check_mask(torch.as_tensor(mask, device=device), shape)
+        mask = check_mask(torch.as_tensor(mask, device=device).detach(), shape)
+    if method == "xcoreg":
+        for name in ("prior", "init_posterior"):
+            value = getattr(objective, name)
+            if isinstance(value, Tensor):
+                check_class_maps(value, name, num_classes, shape)
     n = images.shape[0]
+    total = _coarsest_voxels(shape, schedule.pyramid)
+    need = min(total, MIN_SAMPLES_PER_BIN * objective.bins)
+    if schedule.sample_rate * total < need:
+        raise ValueError(f"sample_rate={schedule.sample_rate!r} samples {schedule.sample_rate * total:.3g} of the "
+                         f"{total} voxels of the coarsest stage; the histograms need >= {need} "
+                         f"({MIN_SAMPLES_PER_BIN} x bins): use ScheduleOptions(sample_rate >= {need / total:.3g}) "
+                         "or fewer pyramid levels")
 
-    levels = _parse_levels(transform, control_spacing)
-    kinds = [k for k, _ in levels]
-    steps = _per_level(step_size, len(levels), "step_size", [DEFAULTS[k]["step_size"] for k in kinds])
-    iters = _per_level(iterations, len(levels), "iterations", [DEFAULTS[k]["iterations"] for k in kinds])
-    alphas = _per_level(alpha, len(levels), "alpha", [DEFAULTS[k]["alpha"] for k in kinds])
-    for a in alphas:
-        if not (isinstance(a, (int, float)) and a >= 0):
-            raise ValueError(f"alpha must be >= 0, got {a!r}")
+    levels = parse_transform(transform)
+    kinds = [lv.kind for lv in levels]
+    steps = _per_level(schedule.step_size, len(levels), "step_size", [DEFAULTS[k]["step_size"] for k in kinds])
+    iters = _per_level(schedule.iterations, len(levels), "iterations", [DEFAULTS[k]["iterations"] for k in kinds])
+    alphas = [DEFAULTS[lv.kind]["alpha"] if lv.alpha is None else float(lv.alpha) for lv in levels]
     if is_quick():
         iters = [max(10, int(i) // 4) for i in iters]
-    for i in iters:
-        if isinstance(i, bool) or not isinstance(i, int) or i < 1:
-            raise ValueError(f"iterations must be positive integers, got {i!r}")
-    for s in steps:
-        if not (isinstance(s, (int, float)) and s > 0):
-            raise ValueError(f"step_size must be > 0, got {s!r}")
 
     from ..spatial import CompositeTransform, identity_grid, make_transform, warp
     modules = []
-    for kind, kw in levels:
-        extra = dict(kw)
-        if kind == "svf":
-            extra.setdefault("steps", svf_steps)
-            vs = extra.pop("velocity_spacing", velocity_spacing)
+    for lv in levels:
+        if lv.kind == "svf":
+            vs = lv.velocity_spacing
             if vs is None:
                 vs = max((m - 1) * s for m, s in zip(shape, spacing)) / 8
             if vs != "voxel":        # velocity on a coarser lattice, linearly interpolated to the image grid
                 from ..spatial import SVFTransform, resized_spacing
                 vs = (float(vs),) * dim if isinstance(vs, (int, float)) else tuple(float(v) for v in vs)
                 vshape = tuple(max(3, int(round((m - 1) * s / v)) + 1) for m, s, v in zip(shape, spacing, vs))
-                modules.append(SVFTransform(n, vshape, resized_spacing(shape, spacing, vshape), extra["steps"]))
+                modules.append(SVFTransform(n, vshape, resized_spacing(shape, spacing, vshape), lv.svf_steps))
                 continue
-        modules.append(make_transform(kind, n, shape, spacing, **extra))
+            modules.append(make_transform("svf", n, shape, spacing, steps=lv.svf_steps))
+        elif lv.kind == "ffd":
+            modules.append(make_transform("ffd", n, shape, spacing, control_spacing=lv.control_spacing))
+        else:
+            modules.append(make_transform(lv.kind, n, shape, spacing))
     composite = CompositeTransform(modules).to(device=device, dtype=images.dtype)
 
     # coarse-to-fine: a finer stage of the same level starts near the solution, so its step is refine_step x smaller
-    stages = [Stage(li, s, int(iters[li]), float(steps[li]) * refine_step ** (pyramid - 1 - s),
+    pyr, refine = schedule.pyramid, schedule.refine_step
+    stages = [Stage(li, s, int(iters[li]), float(steps[li]) * refine ** (pyr - 1 - s),
                     name=f"{kinds[li]}@1/{2 ** s}", alpha=float(alphas[li]))
-              for li in range(len(levels)) for s in reversed(range(pyramid))]
+              for li in range(len(levels)) for s in reversed(range(pyr))]
 
-    objective = make_objective(method, num_classes=num_classes, bins=bins, appearance=appearance, prior=prior,
-                               min_prob=min_prob, lookup=lookup, init_posterior=init_posterior, warmup=warmup,
-                               estep_histogram=estep_histogram,
-                               gmm_init=gmm_init, kernel_sigma=kernel_sigma)
+    objective_fn = make_objective(method, num_classes, objective)
     generator = torch.Generator(device=device).manual_seed(int(seed))
-    work = _normalise(images, mask) if normalize else images
-    opts = LoopOptions(sample_rate=float(sample_rate), regularization=regularization,
-                       optimizer=optimizer, tol=float(tol), window=int(window), check_every=int(check_every),
-                       min_iterations=int(min_iterations if min_iterations is not None else 2 * window),
-                       decays=int(decays), progress=progress, callback=callback)
-    record = run_stages(work, spacing, composite, objective, stages, mask=mask, generator=generator, options=opts)
+    work = _normalise(images, mask) if objective.normalize else images
+    min_iterations = convergence.min_iterations if convergence.min_iterations is not None \
+        else 2 * convergence.window
+    opts = LoopOptions(sample_rate=float(schedule.sample_rate), regularization=objective.regularization,
+                       optimizer=schedule.optimizer, tol=float(convergence.tol), window=int(convergence.window),
+                       check_every=int(convergence.check_every), min_iterations=int(min_iterations),
+                       decays=int(convergence.decays), progress=progress, callback=callback)
+    record = run_stages(work, spacing, composite, objective_fn, stages, mask=mask, generator=generator,
+                        options=opts)
 
+    for message in record.warnings:
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
     with torch.no_grad():
         grid = identity_grid(shape, spacing, device=device, dtype=images.dtype)
         points = composite(grid)
         warped = warp(images, points, spacing)
-    state = objective.state()
-    options = {"method": method, "transform": levels, "num_classes": num_classes, "step_size": steps,
-               "iterations": iters, "bins": bins, "sample_rate": sample_rate, "seed": seed, "optimizer": optimizer,
-               "pyramid": pyramid, "refine_step": refine_step, "alpha": alphas, "regularization": regularization,
-               "control_spacing": control_spacing, "velocity_spacing": velocity_spacing, "svf_steps": svf_steps,
-               "appearance": appearance, "min_prob": min_prob, "lookup": lookup, "warmup": warmup,
-               "estep_histogram": estep_histogram, "gmm_init": gmm_init, "kernel_sigma": kernel_sigma, "tol": tol,
-               "window": window, "decays": decays, "normalize": normalize, "device": str(device)}
+    state = objective_fn.state()
+    options = {"method": method, "num_classes": num_classes, "seed": int(seed), "device": str(device),
+               "spacing": list(spacing),
+               "transform": [{**lv.as_dict(), "alpha": a} for lv, a in zip(levels, alphas)],
+               "objective": objective.as_dict(),
+               "schedule": {**schedule.as_dict(), "step_size": steps, "iterations": iters},
+               "convergence": {**convergence.as_dict(), "min_iterations": min_iterations}}
     return RegistrationResult(warped=warped, transform=composite, points=points, spacing=spacing,
                               posterior=state.get("posterior"), prior=state.get("prior"), history=record.history,
                               stage_of_iteration=record.stage_of_iteration, stages=record.stages,
-                              seconds=record.seconds, method=method, options=options)
+                              seconds=record.seconds, method=method, options=options,
+                              warnings=list(record.warnings))

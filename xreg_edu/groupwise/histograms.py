@@ -13,19 +13,29 @@ from torch import Tensor
 from ..density import PADDING, bin_lookup, bspline_taps, entropy
 from ..density import class_histogram as density_class_histogram
 
-def bin_geometry(values: Tensor, bins: int) -> tuple[Tensor, Tensor]:
-    """Per-image bin origin and width from the sampled intensities (detached).
+def sample_range(values: Tensor, bounds: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """Detached per-image ``(lo [N], hi [N])`` of the sample ``values [N, M]``: its min / max, clipped to
+    ``bounds`` when given (so values beyond robust bounds fall into the edge bins)."""
+    v = values.detach()
+    lo, hi = v.amin(dim=1), v.amax(dim=1)
+    if bounds is not None:
+        lo, hi = torch.maximum(lo, bounds[0]), torch.minimum(hi, bounds[1])
+        hi = torch.maximum(hi, lo)
+    return lo, hi
+
+
+def bin_geometry(values: Tensor, bins: int, bounds: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """Per-image bin origin and width from the sampled intensities (detached) or from fixed ``bounds``.
 
     Args:
         values: ``[N, M]`` intensities of the M sampled voxels of each image.
         bins: number of histogram bins L (the histograms have L + 4 entries).
+        bounds: optional ``(lo [N], hi [N])`` limits of the range (:func:`sample_range`).
 
     Returns:
         ``lo [N]`` (minimum) and ``width [N]`` (``(max - min) / L``, at least 1e-6 so a constant image is safe).
     """
-    v = values.detach()
-    lo = v.amin(dim=1)
-    hi = v.amax(dim=1)
+    lo, hi = sample_range(values, bounds)
     width = ((hi - lo) / bins).clamp_min(1e-6)
     return lo, width
 
@@ -49,21 +59,23 @@ def spline_weights(values: Tensor, lo: Tensor, width: Tensor, bins: int) -> tupl
         ``first [N, M] long``: index of the first of the 4 consecutive bins touched (in ``1..L``), and
         ``weight [N, M, 4]``: the B-spline weights ``beta(s - b)`` of those bins (rows sum to 1; differentiable).
     """
-    s = bin_position(values, lo, width)
+    s = bin_position(values, lo, width).clamp(PADDING, bins + PADDING)   # outside a fixed range: edge bins
     i0 = s.detach().floor().clamp(PADDING, bins + PADDING - 1)
     return i0.long() - 1, bspline_taps(s - i0)
 
 
 def nearest_bin(values: Tensor, lo: Tensor, width: Tensor, bins: int) -> Tensor:
-    """Hard nearest-bin index (:func:`xreg_edu.density.bin_lookup`) with this module's per-image geometry.
+    """Hard nearest-bin index (:func:`xreg_edu.density.bin_lookup`) with this module's per-image geometry; values
+    outside ``[lo, lo + L width]`` go to the edge bins, as in the histograms.
 
     Args:
         values: ``[N, P]``; lo, width: ``[N]``. Returns ``[N, P] long``.
     """
-    return bin_lookup(values.detach(), lo[:, None], width[:, None], bins)
+    return bin_lookup(values.detach(), lo[:, None], width[:, None], bins).clamp_(PADDING, bins + PADDING)
 
 
-def class_histogram(values: Tensor, posterior: Tensor, bins: int) -> Tensor:
+def class_histogram(values: Tensor, posterior: Tensor, bins: int,
+                    bounds: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Posterior-weighted class histograms ``h[j, k, b] = sum_x gamma[k, x] beta(s_j(x) - b)`` for all images.
 
     :func:`xreg_edu.density.class_histogram` (same data-driven, detached bin range as :func:`bin_geometry`),
@@ -73,11 +85,15 @@ def class_histogram(values: Tensor, posterior: Tensor, bins: int) -> Tensor:
         values: ``[N, M]`` intensities of the sampled voxels.
         posterior: ``[K, M]`` class weights of the same voxels (treated as constant).
         bins: L.
+        bounds: optional ``(lo [N], hi [N])`` limits of the range (:func:`sample_range`; values outside fall into the edge bins).
 
     Returns:
         ``[N, K, L + 4]`` unnormalised histograms.
     """
-    return density_class_histogram(values, posterior.detach().t(), bins)
+    if bounds is None:
+        return density_class_histogram(values, posterior.detach().t(), bins)
+    lo, hi = sample_range(values, bounds)
+    return density_class_histogram(values, posterior.detach().t(), bins, lo=lo[:, None], hi=hi[:, None])
 
 
 def hard_class_histogram(index: Tensor, posterior: Tensor, bins: int) -> Tensor:

@@ -23,6 +23,8 @@ class RegistrationResult:
         stages: per stage: name, level, pyramid scale, shape, iterations, converged, seconds, step size.
         seconds: wall time of the optimisation (s).
         method: objective name; options: every setting used (for reproducibility).
+        warnings: what went wrong on the way (e.g. an overlap collapse that restarted or stopped a stage); empty
+            when nothing did. Each is also issued as a Python ``RuntimeWarning``.
     """
 
     warped: Tensor
@@ -37,6 +39,7 @@ class RegistrationResult:
     seconds: float
     method: str
     options: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def iterations(self) -> int:

@@ -16,12 +16,15 @@ class GroupSample:
         mask: ``[P] bool`` overlap of all fields of view AND the user mask (the region ``Omega^phi`` of the talk).
         index: ``[M] long`` indices of the voxels used for the histograms (the mask, randomly subsampled at rate rho).
         shape: spatial shape of the working grid.
+        bounds: optional ``(lo [N], hi [N])`` fixed histogram range of each image (robust quantiles of the stage's
+            images); ``None``: the detached min / max of the sample.
     """
 
     values: Tensor
     mask: Tensor
     index: Tensor
     shape: tuple[int, ...]
+    bounds: tuple[Tensor, Tensor] | None = None
 
     @property
     def num_images(self) -> int:
@@ -34,7 +37,7 @@ class GroupSample:
         return self.values.index_select(1, self.index)
 
     def detach(self) -> "GroupSample":
-        return GroupSample(self.values.detach(), self.mask, self.index, self.shape)
+        return GroupSample(self.values.detach(), self.mask, self.index, self.shape, self.bounds)
 
 
 class GroupObjective:

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..._checks import check_class_maps
 from ...density import EPS, class_entropies
 from .. import estep
 from .. import histograms as H
@@ -69,13 +70,15 @@ class XCoReg(GroupObjective):
         if estep_histogram not in ("spline", "hard"):
             raise ValueError(f"estep_histogram must be 'spline' or 'hard', got {estep_histogram!r}")
         if not (0 <= min_prob < 1.0 / num_classes):
-            raise ValueError(f"min_prob must lie in [0, 1/K), got {min_prob}")
+            raise ValueError(f"min_prob={min_prob:g} must lie in [0, 1/num_classes) = [0, {1.0 / num_classes:.3g}): "
+                             f"with num_classes={num_classes} use fewer classes or a smaller min_prob "
+                             f"(e.g. {0.1 / num_classes:.1g})")
         if isinstance(prior, str) and prior != "global":
             raise ValueError(f"prior must be 'global' or an atlas tensor [K, *S], got {prior!r}")
-        if isinstance(prior, Tensor) and prior.shape[0] != num_classes:
-            raise ValueError(f"atlas prior has {prior.shape[0]} classes, expected K = {num_classes}")
-        if init_posterior is not None and init_posterior.shape[0] != num_classes:
-            raise ValueError(f"init_posterior has {init_posterior.shape[0]} classes, expected K = {num_classes}")
+        if isinstance(prior, Tensor):
+            check_class_maps(prior, "prior", num_classes)
+        if init_posterior is not None:
+            check_class_maps(init_posterior, "init_posterior", num_classes)
         self.num_classes = num_classes
         self.bins = bins
         self.appearance = appearance
@@ -112,26 +115,27 @@ class XCoReg(GroupObjective):
 
     # ------------------------------------------------------------------ Algorithm 1
     def log_likelihood(self, values: Tensor, sample_values: Tensor, sample_index: Tensor,
-                       geometry: tuple[Tensor, Tensor] | None = None) -> Tensor:
+                       geometry: tuple[Tensor, Tensor] | None = None, bounds=None) -> Tensor:
         """``[N, K, P]`` class-conditional log-likelihoods of every voxel (appearance M-step from the sample).
 
         Args:
             values: ``[N, P]`` all voxels; sample_values: ``[N, M]``; sample_index: ``[M]`` voxel indices.
             geometry: optional precomputed ``(lo, width)`` of ``sample_values``.
+            bounds: optional fixed ``(lo [N], hi [N])`` histogram range.
         """
         g = self.gamma.index_select(1, sample_index)
         if self.appearance == "gauss":
             return estep.gaussian_log_likelihood(values, sample_values, g)
-        lo, width = geometry if geometry is not None else H.bin_geometry(sample_values, self.bins)
+        lo, width = geometry if geometry is not None else H.bin_geometry(sample_values, self.bins, bounds)
         if self.estep_histogram == "hard":
             hist = H.hard_class_histogram(H.nearest_bin(sample_values, lo, width, self.bins), g, self.bins)
         else:
-            hist = H.class_histogram(sample_values, g, self.bins)
+            hist = H.class_histogram(sample_values, g, self.bins, bounds)
         pmf = hist / hist.sum(dim=2, keepdim=True).clamp_min(EPS)
         return estep.lookup_log_likelihood(pmf, values, lo, width, self.bins, lookup=self.lookup)
 
-    def _e_step(self, values: Tensor, sample_values: Tensor, index: Tensor, geometry=None) -> None:
-        loglik = self.log_likelihood(values, sample_values, index, geometry)
+    def _e_step(self, values: Tensor, sample_values: Tensor, index: Tensor, geometry=None, bounds=None) -> None:
+        loglik = self.log_likelihood(values, sample_values, index, geometry, bounds)
         self.gamma = estep.e_step(loglik, self.log_prior, self.min_prob)
         if self.atlas is None:
             self.log_prior = estep.global_prior(self.gamma, index).clamp_min(1e-12).log()
@@ -139,17 +143,17 @@ class XCoReg(GroupObjective):
     def update(self, sample: GroupSample) -> None:
         """E-step (log domain) and prior update for the current warp (no grad)."""
         sv = sample.sampled().detach()
-        geometry = H.bin_geometry(sv, self.bins)
+        geometry = H.bin_geometry(sv, self.bins, sample.bounds)
         sweeps = 1 + (self.warmup if self._first_update else 0)
         self._first_update = False
         for _ in range(sweeps):
-            self._e_step(sample.values.detach(), sv, sample.index, geometry)
+            self._e_step(sample.values.detach(), sv, sample.index, geometry, sample.bounds)
 
     def metric_terms(self, sample: GroupSample) -> Tensor:
         """``[N]`` per-image ``I(U_j; Z)`` with the posterior as (detached) Z (differentiable in the warp)."""
         sv = sample.sampled()
         g = self.gamma.index_select(1, sample.index)
-        return _information_terms(H.class_histogram(sv, g, self.bins))
+        return _information_terms(H.class_histogram(sv, g, self.bins, sample.bounds))
 
     def loss(self, sample: GroupSample) -> Tensor:
         return -self.metric_terms(sample).sum()
@@ -157,14 +161,14 @@ class XCoReg(GroupObjective):
     def step(self, sample: GroupSample) -> Tensor:
         """E-step then loss, sharing the sample and its bin geometry (one fewer pass over the data)."""
         sv = sample.sampled()
-        geometry = H.bin_geometry(sv, self.bins)
+        geometry = H.bin_geometry(sv, self.bins, sample.bounds)
         with torch.no_grad():
             sweeps = 1 + (self.warmup if self._first_update else 0)
             self._first_update = False
             for _ in range(sweeps):
-                self._e_step(sample.values.detach(), sv.detach(), sample.index, geometry)
+                self._e_step(sample.values.detach(), sv.detach(), sample.index, geometry, sample.bounds)
         g = self.gamma.index_select(1, sample.index)
-        return -_information_terms(H.class_histogram(sv, g, self.bins)).sum()
+        return -_information_terms(H.class_histogram(sv, g, self.bins, sample.bounds)).sum()
 
     def state(self) -> dict:
         k = self.num_classes
