@@ -55,11 +55,13 @@ def save_weights(state_dict: dict, path: str | os.PathLike, meta: dict) -> Path:
     state = torch.utils._pytree.tree_map(lambda v: v.detach().cpu() if torch.is_tensor(v) else v, state_dict)
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+        os.chmod(tmp, 0o644)
         digest, size = sha256_file(tmp), os.path.getsize(tmp)
         record = {"file": path.name, **meta, "sha256": digest, "bytes": size}
         text = json.dumps(record, indent=1)  # fails before the .pt is renamed if meta is not JSON-able
         with atomic_path(meta_path(path)) as jtmp:
             Path(jtmp).write_text(text + "\n")
+            os.chmod(jtmp, 0o644)
     return path
 
 
