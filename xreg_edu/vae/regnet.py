@@ -21,7 +21,7 @@ variable-N design of BIGR improves on.
 Training (:func:`train`) draws a seeded global batch of misaligned training groups per step
 (:func:`xreg_edu.vae.data.make_group`) and is data-parallel under ``torchrun`` (:mod:`xreg_edu.vae.distributed`)::
 
-    python -m xreg_edu.vae.regnet --loss ape --steps 400 --batch 4 --out xreg_edu/weights/regnet_ape.pt
+    python -m xreg_edu.vae.regnet --loss ape --steps 250 --batch 4 --out xreg_edu/weights/regnet_ape.pt
     torchrun --standalone --nproc_per_node=2 -m xreg_edu.vae.regnet --loss xmetric --batch 8 ...
 
 The exact command, config, sha256 and held-out numbers of every committed weight file are in its ``.json``.
@@ -57,6 +57,8 @@ class RegNetConfig:
         num_images: N (fixed: the input channels).
         dim: 2 or 3.
         widths: channels of the encoder levels (each level after the first halves the resolution).
+        velocity_level: the decoder level where the velocity is predicted (0 = full resolution, 2 = 1/4); it is
+            upsampled bilinearly to the image grid (a coarse, smooth parameterisation, like control points).
         lam: weight of the velocity smoothness (membrane energy).
         bins: histogram bins L of the similarity.
         num_classes: K of the X-metric's posterior.
@@ -67,8 +69,9 @@ class RegNetConfig:
     loss: str = "ape"
     num_images: int = 3
     dim: int = 2
-    widths: tuple[int, ...] = (16, 32, 56, 64)
-    lam: float = 0.5
+    widths: tuple[int, ...] = (16, 32, 64, 80)
+    velocity_level: int = 2
+    lam: float = 5.0
     bins: int = 32
     num_classes: int = 4
     em_sweeps: int = 10
@@ -83,6 +86,8 @@ class RegNetConfig:
             raise ValueError(f"dim must be 2 or 3, got {self.dim}")
         if len(self.widths) < 2:
             raise ValueError(f"widths needs at least 2 levels, got {self.widths}")
+        if not 0 <= self.velocity_level < len(self.widths):
+            raise ValueError(f"velocity_level must lie in [0, {len(self.widths) - 1}], got {self.velocity_level}")
         if self.lam < 0:
             raise ValueError(f"lam must be >= 0, got {self.lam}")
         self.widths = tuple(int(w) for w in self.widths)
@@ -105,9 +110,10 @@ class GroupRegNet(nn.Module):
     """U-Net: the N images of a group stacked as channels -> N velocity fields (mm), zero mean over the group.
 
     Each image is standardised first; encoder levels are 3x3 convolutions (stride 2 after the first level),
-    the decoder upsamples and concatenates the skip connection; LeakyReLU(0.2); no normalisation layer (every group
-    is processed independently, so data-parallel training is exact). The output layer starts at zero: an untrained
-    network predicts the identity.
+    the decoder upsamples and concatenates the skip connection up to ``velocity_level``, where a 3x3 convolution
+    predicts the N velocities, upsampled bilinearly to the image grid; LeakyReLU(0.2); no normalisation layer (every
+    group is processed independently, so data-parallel training is exact). The output layer starts at zero: an
+    untrained network predicts the identity.
     """
 
     def __init__(self, config: RegNetConfig | None = None, **overrides) -> None:
@@ -117,8 +123,9 @@ class GroupRegNet(nn.Module):
         conv, w = _conv(cfg.dim), cfg.widths
         self.enc = nn.ModuleList([conv(cfg.num_images if i == 0 else w[i - 1], w[i], 3, stride=1 if i == 0 else 2,
                                        padding=1) for i in range(len(w))])
-        self.dec = nn.ModuleList([conv(w[i + 1] + w[i], w[i], 3, padding=1) for i in reversed(range(len(w) - 1))])
-        self.out = conv(w[0], cfg.num_images * cfg.dim, 3, padding=1)
+        self.dec = nn.ModuleList([conv(w[i + 1] + w[i], w[i], 3, padding=1)
+                                  for i in reversed(range(cfg.velocity_level, len(w) - 1))])
+        self.out = conv(w[cfg.velocity_level], cfg.num_images * cfg.dim, 3, padding=1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
@@ -143,10 +150,13 @@ class GroupRegNet(nn.Module):
             x = F.leaky_relu(conv(x), 0.2)
             skips.append(x)
         mode = "bilinear" if cfg.dim == 2 else "trilinear"
-        for conv, skip in zip(self.dec, reversed(skips[:-1])):
+        for conv, skip in zip(self.dec, reversed(skips[cfg.velocity_level:-1])):
             x = F.interpolate(x, size=skip.shape[2:], mode=mode, align_corners=False)
             x = F.leaky_relu(conv(torch.cat([x, skip], 1)), 0.2)
-        v = self.out(x).reshape(b, n, cfg.dim, *images.shape[2:])
+        v = self.out(x)
+        if v.shape[2:] != images.shape[2:]:
+            v = F.interpolate(v, size=images.shape[2:], mode=mode, align_corners=True)
+        v = v.reshape(b, n, cfg.dim, *images.shape[2:])
         return v - v.mean(1, keepdim=True)
 
 
@@ -213,13 +223,28 @@ def group_loss(images: Tensor, velocity: Tensor, spacing, config: RegNetConfig, 
 # ---------------------------------------------------------------------------------------------- training
 @dataclass
 class TrainOptions:
-    """Budget and data stream of :func:`train` (identical for the three losses)."""
+    """Budget and data stream of :func:`train` (identical for the three losses).
 
-    steps: int = 400
+    ``pool``: None = a fresh misalignment every draw; an integer = a fixed training set of that many
+    (slice, misalignment) groups drawn once, like the official pre-generated FFDs (spec §8.4(a)).
+    """
+
+    steps: int = 250
     batch: int = 4
-    lr: float = 1e-3
+    lr: float = 3e-3
     seed: int = 0
     misalignment: dict | None = None
+    pool: int | None = None
+
+    def groups(self, num_slices: int):
+        """Iterator over the global batches of ``(slice index, misalignment seed)``, one per step."""
+        gen = torch.Generator().manual_seed(self.seed)
+        fixed = None if self.pool is None else _draw_specs(gen, num_slices, self.pool)
+        for _ in range(self.steps):
+            if fixed is None:
+                yield _draw_specs(gen, num_slices, self.batch)
+            else:
+                yield [fixed[i] for i in torch.randint(len(fixed), (self.batch,), generator=gen).tolist()]
 
 
 def _draw_specs(generator: torch.Generator, num_slices: int, batch: int) -> list[tuple[int, int]]:
@@ -266,10 +291,10 @@ def train(config: RegNetConfig, slices: list[ImageGroup], options: TrainOptions 
     model.train()
     net = dist.wrap_model(model, ctx)
     opt = torch.optim.Adam(net.parameters(), lr=opts.lr)
-    gen = torch.Generator().manual_seed(opts.seed)
     history, t0 = [], time.perf_counter()
+    stream = opts.groups(len(slices))
     for step in tqdm(range(opts.steps), disable=not (progress and ctx.is_main), desc=f"regnet {config.loss}"):
-        specs = dist.shard(_draw_specs(gen, len(slices), opts.batch), ctx)
+        specs = dist.shard(next(stream), ctx)
         groups = [make_group(slices[i], config.num_images, seed=s, misalignment=opts.misalignment)[0]
                   for i, s in specs]
         images = torch.stack([g.images[:, 0] for g in groups]).to(ctx.device)
@@ -384,27 +409,28 @@ def main(argv=None) -> None:
 
     p = argparse.ArgumentParser(description="Train a learning-based groupwise baseline (APE / CTE / X-metric loss)")
     p.add_argument("--loss", required=True, choices=LOSSES)
-    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--steps", type=int, default=TrainOptions.steps)
     p.add_argument("--batch", type=int, default=4, help="global batch (groups per step, split over the ranks)")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=TrainOptions.lr)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lam", type=float, default=RegNetConfig.lam)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--magnitude", type=float, default=None, help="misalignment magnitude (mm), default data's")
-    p.add_argument("--subjects", default="train", help="'train' (the registry's train split) or comma-separated")
+    p.add_argument("--subjects", default="train",
+                   help="'train' (vae.data.patient_split()['train']: the card's train split less the validation "
+                        "patients) or comma-separated names")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None)
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
-    from ..datasets import get_spec
-    from .data import MISALIGNMENT, load_slices
+    from .data import MISALIGNMENT, load_slices, patient_split
 
     torch.set_num_threads(max(1, a.threads))
     torch.set_flush_denormal(True)
-    subjects = (list(get_spec("myops_cmr").extra["train_subjects"]) if a.subjects == "train"
-                else a.subjects.split(","))
-    test = set(get_spec("myops_cmr").extra["test_subjects"])
+    split = patient_split("myops_cmr")
+    subjects = list(split["train"]) if a.subjects == "train" else a.subjects.split(",")
+    test = set(split["test"])
     if test & set(subjects):
         raise ValueError(f"--subjects includes test patients {sorted(test & set(subjects))}: train on the train split")
     mis = dict(MISALIGNMENT) if a.magnitude is None else {**MISALIGNMENT, "magnitude_mm": a.magnitude}
