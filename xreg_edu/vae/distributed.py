@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -47,13 +47,15 @@ _TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_POR
 @dataclass(frozen=True)
 class DistContext:
     """Where this process stands: ``rank`` of ``world_size`` processes, its ``device``, the ``backend`` in use
-    (None for the single-process no-op context)."""
+    (None for the single-process no-op context); ``owner``: this context created the process group (only the owner
+    destroys it, so a nested :func:`session` leaves the outer one intact)."""
 
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
     backend: str | None = None
+    owner: bool = field(default=False, compare=False)
 
     @property
     def is_distributed(self) -> bool:
@@ -103,15 +105,16 @@ def init(device=None) -> DistContext:
     rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env["LOCAL_RANK"])
     dev = _resolve_device(device, local)
     backend = "nccl" if dev.type == "cuda" else "gloo"
-    if not td.is_initialized():
+    owner = not td.is_initialized()
+    if owner:
         td.init_process_group(backend=backend, rank=rank, world_size=world,
                               device_id=dev if dev.type == "cuda" else None)
-    return DistContext(rank=rank, world_size=world, local_rank=local, device=dev, backend=backend)
+    return DistContext(rank=rank, world_size=world, local_rank=local, device=dev, backend=backend, owner=owner)
 
 
 def shutdown(ctx: DistContext) -> None:
-    """Leave the process group joined by :func:`init` (no-op for the single-process context)."""
-    if ctx.is_distributed and td.is_initialized():
+    """Leave the process group created by :func:`init` (no-op for the single-process context or a nested one)."""
+    if ctx.owner and td.is_initialized():
         td.destroy_process_group()
 
 
