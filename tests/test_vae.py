@@ -402,3 +402,11 @@ def test_diffeomorphic_variant_has_no_folding(held_out):
         res = register(model, group)
         assert float(res.displacement.abs().max()) > 0.1
         assert float(folding_percentage(res.displacement, group.spacing).max()) == 0.0
+
+
+def test_class_means_closed_form():
+    from xreg_edu.vae.functional import class_means
+
+    z = torch.tensor([[[[1.0, 0.0, 0.5]], [[0.0, 1.0, 0.5]]]])  # [1, 2, 1, 3]
+    u = torch.tensor([[[[2.0, 4.0, 6.0]]]])
+    assert torch.allclose(class_means(z, u, eps=0.0), torch.tensor([[(2 + 3) / 1.5, (4 + 3) / 1.5]]))

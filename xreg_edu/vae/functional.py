@@ -18,6 +18,12 @@ import torch
 from torch import Tensor
 
 
+def class_means(anatomy: Tensor, images: Tensor, eps: float = 1e-6) -> Tensor:
+    """Class-mean intensities ``μ_jk = Σ_y z_jk u_j / Σ_y z_jk``: ``[N, K, *S]`` maps, ``[N, 1, *S]`` -> ``[N, K]``."""
+    z, u = anatomy.flatten(2), images.flatten(2)
+    return (z * u).sum(2) / (z.sum(2) + eps)
+
+
 def categorical_functional(anatomy: Tensor, mu: Tensor) -> Tensor:
     """``û_j = Σ_k z_jk μ_jk`` (pointwise, linear in z).
 

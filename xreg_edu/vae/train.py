@@ -77,7 +77,7 @@ def train(config: BIGRConfig | None = None, *, dataset: str = "myops_cmr", disti
           steps: int = 600, batch: int = 2, lr: float = 3e-3, seed: int = 0, size: int = 64,
           group_sizes=(3,), misalignment: dict | None = None, ramp: float = 0.3, augment: float = 0.3,
           freeze_encoder: bool = True, slices=None, teacher=None, progress: bool = True, callback=None,
-          quick_steps: int = 60, device=None) -> tuple[BIGRLite, list[dict]]:
+          quick_steps: int = 60, device=None, encoder_state: dict | None = None) -> tuple[BIGRLite, list[dict]]:
     """Train BIGR-lite: stage A (distil the teacher into the encoder), stage B (heads on the MAP-ELBO).
 
     Args:
@@ -97,6 +97,8 @@ def train(config: BIGRConfig | None = None, *, dataset: str = "myops_cmr", disti
         progress: tqdm bar (rank 0); callback: optional ``f(step, record)``.
         quick_steps: cap of each stage in quick mode.
         device: training device (default: CUDA if available; DDP: ``cuda:LOCAL_RANK``).
+        encoder_state: optional encoder weights to start from (e.g. a committed stage-A encoder, then
+            ``distill_steps=0``).
 
     Returns:
         ``(model in eval mode, history)``: one dict per step (stage, loss, ELBO terms per voxel, seconds).
@@ -109,7 +111,10 @@ def train(config: BIGRConfig | None = None, *, dataset: str = "myops_cmr", disti
     torch.set_flush_denormal(True)
     with dist.session(device) as ctx:
         torch.manual_seed(seed)
-        model = BIGRLite(cfg).to(ctx.device)
+        model = BIGRLite(cfg)
+        if encoder_state is not None:
+            model.encoder.load_state_dict(encoder_state)
+        model = model.to(ctx.device)
         if slices is None:
             slices = split_slices(dataset, size, "train")
         if teacher is None and distill_steps > 0:
