@@ -66,7 +66,8 @@ def run_xcoreg(group, iterations):
 
 
 def summary(rows, ref=None):
-    out = {k: [float(np.mean([r[k] for r in rows])), float(np.std([r[k] for r in rows]))] for k in rows[0]}
+    # nan-aware: a structure absent from every image of a group (e.g. no RV in an apical slice) has no Dice there
+    out = {k: [float(np.nanmean([r[k] for r in rows])), float(np.nanstd([r[k] for r in rows]))] for k in rows[0]}
     if ref is not None and rows is not ref:
         from scipy.stats import wilcoxon
 
