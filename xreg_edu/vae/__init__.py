@@ -30,7 +30,7 @@ _EXPORTS = {
     "pair_agreement": "model",
     "poe_categorical": "posterior", "poe_gaussian": "posterior",
     "heldout_groups": "data", "patient_split": "data",
-    "load_checkpoint": "train", "load_pretrained": "train", "save_checkpoint": "train", "train": "train",
+    "load_checkpoint": "train", "load_pretrained": "train", "save_checkpoint": "train",
     "load_weights": "weights", "save_weights": "weights",
 }
 __all__ = sorted(_EXPORTS)
