@@ -1,12 +1,21 @@
-"""BIGR-lite (hierarchical VAE, our reconstruction) versus X-CoReg on the same held-out real groups.
+"""The talk's MS-CMRSeg deep table on our held-out MyoPS test patients, the representation study, variable-N curves.
 
-1. Inference time per group versus group size N, next to X-CoReg (``xreg_edu.register_group``) on the same groups.
-   Target: the VAE's inference is >= 10x faster than X-CoReg at N = 32.
-2. Accuracy table in the talk's format (DSC, ASSD mm, folding %, time s) at N = 3 over every held-out slice of the
-   myops_cmr test patients (synthetic SVF misalignment on top of the native alignment).
+1. Table (talk format): rows None, iterative X-CoReg (SVF), Ours-PN/CN/PD/CD (committed weights, trained on the
+   MAP-ELBO alone after the declared unsupervised warm start), plus the learning-based network rows of
+   ``benchmarks/results/bench_regnet.json`` when present (helper benchmark ``bench_regnet.py``, same groups).
+   Columns: DSC (mean, myocardium, LV, RV), ASSD (mm), % det J <= 0, #Params, paired Wilcoxon p vs Ours-CD,
+   inference seconds; the talk's numbers (METHODS §8.5) beside ours. Groups: :func:`xreg_edu.vae.data.heldout_groups`
+   (47 groups of Case3026-3037, N = 3 bSSFP/LGE/T2, native alignment + seeded 15 mm SVF).
+2. Representation study: cross-sequence pair agreement of the experts on the aligned test slices against the Dice
+   they yield — every encoder tried (the committed variants, and each model's experts blended with the X-CoReg EM
+   teacher of the same aligned slice, placed with the simulated geometry: a *diagnostic* of how much agreement the
+   registration heads need, not a method).
+3. Variable N: DSC / ASSD / folding of Ours-CD versus N = 2 ... 120 (mean ± sd over groups; ASSD of N > 10 groups on
+   their first 10 images), and a 120-image group registered.
+4. Training time of each variant (from its weights JSON).
 
-Writes benchmarks/results/bench_vae.json, bench_vae.png and bench_vae.txt (the tables, also printed).
-Run: ``python benchmarks/bench_vae.py`` (``XREG_EDU_QUICK=1`` for a smaller sweep).
+Writes benchmarks/results/bench_vae.json and bench_vae.png. Run: ``python benchmarks/bench_vae.py``
+(``XREG_EDU_QUICK=1``: 8 groups, fewer X-CoReg iterations and N values).
 """
 from __future__ import annotations
 
@@ -19,14 +28,33 @@ import numpy as np
 import torch
 
 from xreg_edu.evaluate import assd, folding_percentage, group_dice
-from xreg_edu.spatial import warp_labels
-from xreg_edu.vae.data import make_group, split_slices
+from xreg_edu.spatial import identity_grid, warp, warp_labels
+from xreg_edu.vae.data import HELDOUT, heldout_groups, make_group, split_slices
 from xreg_edu.vae.inference import register
+from xreg_edu.vae.model import pair_agreement
+from xreg_edu.vae.networks import count_parameters
+from xreg_edu.vae.teacher import em_posterior, kmeans, profiles
 from xreg_edu.vae.train import load_pretrained
 
 QUICK = os.environ.get("XREG_EDU_QUICK", "0") not in ("", "0")
 OUT = Path(__file__).resolve().parent / "results"
 XCOREG = dict(method="xcoreg", transform="svf", num_classes=4)      # and L = 32 bins (ObjectiveOptions default)
+VARIANTS = ("PN", "CN", "PD", "CD")
+CLASSES = {1: "myo", 2: "lv", 3: "rv"}
+#: the talk's MS-CMRSeg column (METHODS §8.5): DSC mean ± sd, ASSD mean ± sd, #Params (M)
+TALK = {"None": (0.722, 0.104, 3.86, 1.43, None), "APE": (0.746, 0.101, 3.48, 1.36, "0.154"),
+        "CTE": (0.766, 0.100, 3.15, 1.32, "0.154"), "X-CoReg": (0.757, 0.107, 3.31, 1.40, "0.154"),
+        "Ours-PN": (0.803, 0.062, 2.68, 0.70, "5.06 (5.22)"), "Ours-CN": (0.842, 0.051, 2.17, 0.58, "5.06 (5.22)"),
+        "Ours-PD": (0.799, 0.060, 2.74, 0.65, "1.91 (2.85)"), "Ours-CD": (0.836, 0.043, 2.21, 0.47, "1.91 (2.85)")}
+
+
+def metrics(labels, points, disp, spacing, seconds, assd_images=None):
+    wl = warp_labels(labels, points, spacing)
+    per = group_dice(wl, classes=list(CLASSES), per_class=True)
+    sub = wl if assd_images is None else wl[:assd_images]
+    return {"dsc": float(group_dice(wl, classes=list(CLASSES))), **{f"dsc_{n}": per[c] for c, n in CLASSES.items()},
+            "assd": float(assd(sub, spacing, classes=list(CLASSES))),
+            "folding": float(folding_percentage(disp, spacing).mean()), "seconds": seconds}
 
 
 def run_xcoreg(group, iterations):
@@ -35,114 +63,188 @@ def run_xcoreg(group, iterations):
     t0 = time.perf_counter()
     res = xreg_edu.register_group(group, seed=0, schedule=xreg_edu.ScheduleOptions(iterations=iterations), **XCOREG)
     seconds = time.perf_counter() - t0
-    disp = res.points - xreg_edu.spatial.identity_grid(group.shape, group.spacing)
-    return res.points, disp, seconds
+    return res.points, res.points - identity_grid(group.shape, group.spacing), seconds
 
 
-def metrics(labels, points, disp, spacing, seconds):
-    wl = warp_labels(labels, points, spacing)
-    return {"dsc": float(group_dice(wl)), "assd": float(assd(wl, spacing)),
-            "folding": float(folding_percentage(disp, spacing).mean()), "seconds": seconds}
+def summary(rows, ref=None):
+    # nan-aware: a structure absent from every image of a group (e.g. no RV in an apical slice) has no Dice there
+    out = {k: [float(np.nanmean([r[k] for r in rows])), float(np.nanstd([r[k] for r in rows]))] for k in rows[0]}
+    if ref is not None and rows is not ref:
+        from scipy.stats import wilcoxon
+
+        a, b = np.array([r["dsc"] for r in rows]), np.array([r["dsc"] for r in ref])
+        out["p_vs_ours_cd"] = float(wilcoxon(a, b).pvalue) if np.any(a != b) else 1.0
+    return out
+
+
+def blended_dice(model, group, truth, gamma, alpha):
+    """Dice of the model's heads when its experts are blended with the EM teacher placed in each image's frame."""
+    spacing = tuple(float(s) for s in group.spacing)
+    with torch.no_grad():
+        maps, logvar = model.represent(group.images)
+        if model.config.categorical and alpha > 0:
+            # teacher map in observed image j: γ ∘ g_j (g_j = the simulated misalignment: observed -> true point)
+            t = warp(gamma.unsqueeze(0).expand(len(group), *gamma.shape), truth.points, spacing, padding="border")
+            maps = (1 - alpha) * maps + alpha * t
+        fld, _ = model.infer_geometry(maps, logvar, spacing)
+        pts = identity_grid(group.shape, spacing) + model.field_to_displacement(fld, spacing)
+    return float(group_dice(warp_labels(group.labels, pts, spacing), classes=list(CLASSES)))
 
 
 def main():
-    torch.set_num_threads(int(os.environ.get("XREG_EDU_THREADS", "1")))  # 1 thread: fastest on a busy 2-core box
-    model = load_pretrained("CD")
-    _, test = split_slices("myops_cmr", size=model.train_info.get("size", 64))
-    iters = 60 if QUICK else 150
-    rows = {"None": [], "X-CoReg": [], "BIGR-lite CD": []}
-    test_slices = test[:4] if QUICK else test
-    for i, s in enumerate(test_slices):
-        group, _ = make_group(s, 3, seed=5000 + i)
-        grid = torch.zeros(3, group.dim, *group.shape)
-        ident = grid + __import__("xreg_edu").spatial.identity_grid(group.shape, group.spacing)
-        rows["None"].append(metrics(group.labels, ident, grid, group.spacing, 0.0))
-        pts, disp, sec = run_xcoreg(group, iters)
-        rows["X-CoReg"].append(metrics(group.labels, pts, disp, group.spacing, sec))
-        res = register(model, group)
-        rows["BIGR-lite CD"].append(metrics(group.labels, res.points, res.displacement, group.spacing, res.seconds))
-    table = {}
-    for name, r in rows.items():
-        table[name] = {k: [float(np.mean([x[k] for x in r])), float(np.std([x[k] for x in r]))]
-                       for k in ("dsc", "assd", "folding", "seconds")}
-    # timing versus N (same groups for both methods)
-    sizes = [2, 4, 8, 16, 32] if QUICK else [2, 4, 8, 16, 32, 64, 128]
-    timing = []
+    torch.set_num_threads(int(os.environ.get("XREG_EDU_THREADS", "1")))
+    t_start = time.perf_counter()
+    groups = heldout_groups(n_groups=8 if QUICK else None)
+    iters = 40 if QUICK else 60
+    from xreg_edu.vae.train import pretrained_path
+
+    missing = []
+    for v in VARIANTS:
+        try:
+            pretrained_path(v)
+        except FileNotFoundError:
+            missing.append(v)
+    models = {v: load_pretrained(v) for v in VARIANTS if v not in missing}
+    rows = {"None": [], "X-CoReg (iterative SVF)": [], **{f"Ours-{v}": [] for v in models}}
+    for g, _ in groups:
+        zero = torch.zeros(len(g), g.dim, *g.shape)
+        rows["None"].append(metrics(g.labels, identity_grid(g.shape, g.spacing) + zero, zero, g.spacing, 0.0))
+        pts, disp, sec = run_xcoreg(g, iters)
+        rows["X-CoReg (iterative SVF)"].append(metrics(g.labels, pts, disp, g.spacing, sec))
+        for v, m in models.items():
+            res = register(m, g)
+            rows[f"Ours-{v}"].append(metrics(g.labels, res.points, res.displacement, g.spacing, res.seconds))
+    ref = rows["Ours-CD"]
+    table = {name: {**summary(r, ref), "params": None} for name, r in rows.items()}
+    for v, m in models.items():
+        table[f"Ours-{v}"]["params"] = count_parameters(m)
+        table[f"Ours-{v}"]["train_seconds"] = m.train_info.get("seconds")
+        table[f"Ours-{v}"]["agreement_val"] = m.meta.get("agreement_val")
+    table["X-CoReg (iterative SVF)"]["params"] = 0
+    regnet = OUT / "bench_regnet.json"
+    if regnet.exists():  # the network rows of bench_regnet.py, measured on the same heldout_groups
+        from scipy.stats import wilcoxon
+
+        reg = json.loads(regnet.read_text())
+        keys = {"dsc": "dice", "dsc_myo": "dice_myocardium", "dsc_lv": "dice_LV", "dsc_rv": "dice_RV",
+                "assd": "assd", "folding": "folding_percent"}
+        for name, row in reg.get("rows", {}).items():
+            if name == "None":
+                continue
+            pg = reg.get("per_group", {}).get(name, {})
+            entry = {k: [row[v]["mean"], row[v]["sd"]] for k, v in keys.items()}
+            entry.update(seconds=[row.get("inference_seconds_median") or float("nan"), 0.0], params=row.get("params"),
+                         train_seconds=row.get("train", {}).get("seconds"))
+            if len(pg.get("dice", [])) == len(ref) and not QUICK:
+                entry["p_vs_ours_cd"] = float(wilcoxon(pg["dice"], [r["dsc"] for r in ref]).pvalue)
+            table[f"{name} (network)"] = entry
+
+    # representation study: agreement vs Dice, blending each C model's experts with the EM teacher
+    test = split_slices(HELDOUT["dataset"], HELDOUT["size"], "test")
+    cent = kmeans(torch.cat([profiles(s.images) for s in split_slices(HELDOUT["dataset"], HELDOUT["size"], "train")]),
+                  models["CD"].config.channels)
+    study = []
+    alphas = (0.0, 0.5, 1.0) if QUICK else (0.0, 0.25, 0.5, 0.75, 1.0)
+    sub = groups[: 8 if QUICK else 24]
+    gammas = [em_posterior(test[i % len(test)].images, cent) for i in range(len(sub))]
+    for v in ("CD", "CN"):
+        m = models[v]
+        for a in alphas:
+            dice, agree = [], []
+            for i, (g, truth) in enumerate(sub):
+                s, gamma = test[i % len(test)], gammas[i]
+                d = blended_dice(m, g, truth, gamma, a)
+                dice.append(d)
+                # agreement of the same blend on the aligned slice
+                with torch.no_grad():
+                    am = m.represent(s.images)[0]
+                agree.append(pair_agreement((1 - a) * am + a * gamma.unsqueeze(0)))
+            study.append({"model": f"Ours-{v}", "teacher_blend": a, "agreement": float(np.mean(agree)),
+                          "dice": float(np.mean(dice)), "dice_none": float(np.mean([r["dsc"] for r in rows["None"][:len(sub)]]))})
+
+    # variable N (Ours-CD)
+    cd = models["CD"]
+    sizes = (2, 3, 10, 30) if QUICK else (2, 3, 5, 10, 30, 60, 120)
+    curves = []
     for n in sizes:
-        group, _ = make_group(test[0], n, seed=7000 + n)
-        register(model, group)  # warm-up
-        vae = min(register(model, group).seconds for _ in range(3))
-        rec = {"n": n, "vae_seconds": vae, "vae_dsc": float(group_dice(register(model, group).warped_labels)),
-               "dsc_before": float(group_dice(group.labels))}
-        if n <= 32:
-            pts, disp, sec = run_xcoreg(group, iters)
-            rec.update(xcoreg_seconds=sec, xcoreg_dsc=float(group_dice(warp_labels(group.labels, pts, group.spacing))),
-                       speedup=sec / vae)
-        timing.append(rec)
-    # VAE Dice before/after versus N on the held-out patients (the groups of tests/test_vae.py)
-    by_n = []
-    for n, groups in ((3, None), (10, 4), (60, 2), (120, 1)):
-        sl = test if groups is None else test[:groups]
-        b, a, f = [], [], []
-        for i, s in enumerate(sl):
-            group, _ = make_group(s, n, seed=1000 + i)
-            res = register(model, group)
-            b.append(float(group_dice(group.labels)))
-            a.append(float(group_dice(res.warped_labels)))
-            f.append(float(folding_percentage(res.displacement, group.spacing).max()))
-        by_n.append({"n": n, "groups": len(sl), "dsc_before": float(np.mean(b)), "dsc_after": float(np.mean(a)),
-                     "max_folding_percent": max(f)})
-    result = {"device": "cpu", "threads": torch.get_num_threads(), "quick": QUICK, "xcoreg": {**XCOREG,
-              "iterations": iters}, "groups_n3": len(test_slices), "accuracy_n3": table, "timing": timing, "dice_vs_n": by_n,
-              "model": {"variant": model.config.variant, "train": model.train_info}}
+        count = 1 if n >= 120 else (3 if n >= 30 else 8)
+        before, after = [], []
+        for i in range(count):
+            g, _ = make_group(test[i % len(test)], n, seed=3000 + 17 * n + i)
+            zero = torch.zeros(n, g.dim, *g.shape)
+            lim = None if n <= 10 else 10
+            before.append(metrics(g.labels, identity_grid(g.shape, g.spacing) + zero, zero, g.spacing, 0.0, lim))
+            res = register(cd, g)
+            after.append(metrics(g.labels, res.points, res.displacement, g.spacing, res.seconds, lim))
+        curves.append({"n": n, "groups": count, "none": summary(before), "ours_cd": summary(after)})
+    big, _ = make_group(test[0], 120, seed=4242)
+    big_res = register(cd, big)
+
+    result = {"quick": QUICK, "threads": torch.get_num_threads(), "loadavg": list(os.getloadavg()),
+              "protocol": {**HELDOUT, "groups": len(groups), "function": "xreg_edu.vae.data.heldout_groups",
+                           "xcoreg": {"transform": "svf", "num_classes": 4, "iterations": iters}},
+              "table": table, "talk": {k: dict(zip(("dsc", "dsc_sd", "assd", "assd_sd", "params"), t))
+                                        for k, t in TALK.items()},
+              "per_group_dsc": {k: [r["dsc"] for r in v] for k, v in rows.items()},
+              "representation_study": study, "variable_n": curves,
+              "group120": {"dsc_none": float(group_dice(big.labels, classes=list(CLASSES))),
+                           "dsc": float(group_dice(big_res.warped_labels, classes=list(CLASSES))),
+                           "seconds": big_res.seconds},
+              "training_seconds": {v: m.train_info.get("seconds") for v, m in models.items()},
+              "variants_not_shipped": missing,
+              "bench_seconds": time.perf_counter() - t_start}
     OUT.mkdir(exist_ok=True)
     (OUT / "bench_vae.json").write_text(json.dumps(result, indent=1))
-
-    lines = []
-
-    def emit(text=""):
-        print(text)
-        lines.extend(str(text).split("\n"))
-
-    emit(f"\nAccuracy on {len(test_slices)} held-out myops_cmr groups (N = 3, SVF misalignment), mean ± std")
-    emit(f"{'method':<14} {'DSC':>13} {'ASSD (mm)':>13} {'% |J|<=0':>10} {'time (s)':>10}")
+    print(f"{'method':<28} {'DSC':>13} {'myo':>6} {'LV':>6} {'RV':>6} {'ASSD':>12} {'fold%':>7} {'p vs CD':>8} "
+          f"{'s':>7}  talk DSC")
     for name, t in table.items():
-        emit(f"{name:<14} {t['dsc'][0]:.3f} ± {t['dsc'][1]:.3f} {t['assd'][0]:6.2f} ± {t['assd'][1]:4.2f} "
-              f"{t['folding'][0]:10.4f} {t['seconds'][0]:10.3f}")
-    emit("\nBIGR-lite CD on held-out groups: groupwise Dice before -> after, versus N")
-    emit(f"{'N':>4} {'groups':>6} {'before':>7} {'after':>7} {'max % |J|<=0':>13}")
-    for r in by_n:
-        emit(f"{r['n']:>4} {r['groups']:>6} {r['dsc_before']:7.3f} {r['dsc_after']:7.3f} {r['max_folding_percent']:13.4f}")
-    emit("\nInference time per group versus N")
-    emit(f"{'N':>4} {'VAE (s)':>9} {'X-CoReg (s)':>12} {'speed-up':>9} {'DSC none':>9} {'DSC VAE':>8} {'DSC X-CoReg':>12}")
-    for r in timing:
-        emit(f"{r['n']:>4} {r['vae_seconds']:9.4f} {r.get('xcoreg_seconds', float('nan')):12.3f} "
-              f"{r.get('speedup', float('nan')):9.1f} {r['dsc_before']:9.3f} {r['vae_dsc']:8.3f} "
-              f"{r.get('xcoreg_dsc', float('nan')):12.3f}")
+        if "dsc" not in t:
+            continue
+        talk = TALK.get(name.replace(" (iterative SVF)", "").replace(" (network)", ""))
+        print(f"{name:<28} {t['dsc'][0]:.3f} ± {t['dsc'][1]:.3f} {t['dsc_myo'][0]:6.3f} {t['dsc_lv'][0]:6.3f} "
+              f"{t['dsc_rv'][0]:6.3f} {t['assd'][0]:5.2f} ± {t['assd'][1]:4.2f} {t['folding'][0]:7.3f} "
+              f"{t.get('p_vs_ours_cd', float('nan')):8.2g} {t['seconds'][0]:7.3f}  "
+              f"{'' if talk is None else f'{talk[0]:.3f}'}")
+    print("representation study:", json.dumps(study))
+    plot(result)
 
-    (OUT / "bench_vae.txt").write_text("\n".join(lines) + "\n")
 
+def plot(result):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
-    ns = [r["n"] for r in timing]
-    ax[0].loglog(ns, [r["vae_seconds"] for r in timing], "o-", label="BIGR-lite CD (one forward pass)")
-    xs = [r for r in timing if "xcoreg_seconds" in r]
-    ax[0].loglog([r["n"] for r in xs], [r["xcoreg_seconds"] for r in xs], "s-", label=f"X-CoReg ({iters} its)")
-    ax[0].set_xlabel("group size N")
-    ax[0].set_ylabel("seconds per group (CPU)")
-    ax[0].legend()
-    ax[1].plot(ns, [r["dsc_before"] for r in timing], "k--", label="none")
-    ax[1].plot(ns, [r["vae_dsc"] for r in timing], "o-", label="BIGR-lite CD")
-    ax[1].plot([r["n"] for r in xs], [r["xcoreg_dsc"] for r in xs], "s-", label="X-CoReg")
-    ax[1].set_xscale("log")
-    ax[1].set_xlabel("group size N")
-    ax[1].set_ylabel("groupwise Dice")
+    plt.rcParams.update({"font.size": 10})
+    fig, ax = plt.subplots(1, 3, figsize=(13, 3.8))
+    names = [k for k, t in result["table"].items() if "dsc" in t]
+    ax[0].bar(range(len(names)), [result["table"][k]["dsc"][0] for k in names],
+              yerr=[result["table"][k]["dsc"][1] for k in names], color="tab:blue", label="ours (held-out)")
+    talk = [result["talk"].get(k.replace(" (iterative SVF)", "").replace(" (network)", ""), {}).get("dsc") for k in names]
+    ax[0].scatter([i for i, t in enumerate(talk) if t], [t for t in talk if t], color="tab:red", zorder=3,
+                  label="talk (MS-CMRSeg)")
+    ax[0].set_xticks(range(len(names)), names, rotation=40, ha="right")
+    ax[0].set_ylabel("groupwise DSC")
+    ax[0].set_ylim(0.5, 1.0)
+    ax[0].legend(loc="upper left")
+    for v in ("Ours-CD", "Ours-CN"):
+        pts = [s for s in result["representation_study"] if s["model"] == v]
+        ax[1].plot([s["agreement"] for s in pts], [s["dice"] - s["dice_none"] for s in pts], "o-", label=v)
+    ax[1].axhline(0, color="k", lw=0.8)
+    ax[1].set_xlabel("cross-sequence pair agreement of the experts")
+    ax[1].set_ylabel("DSC gain over None")
     ax[1].legend()
+    ns = [c["n"] for c in result["variable_n"]]
+    for key, lab in (("none", "None"), ("ours_cd", "Ours-CD")):
+        m = np.array([c[key]["dsc"][0] for c in result["variable_n"]])
+        s = np.array([c[key]["dsc"][1] for c in result["variable_n"]])
+        ax[2].plot(ns, m, "o-", label=lab)
+        ax[2].fill_between(ns, m - s, m + s, alpha=0.2)
+    ax[2].set_xscale("log")
+    ax[2].set_xlabel("group size N")
+    ax[2].set_ylabel("groupwise DSC (mean ± sd)")
+    ax[2].legend()
     fig.tight_layout()
-    fig.savefig(OUT / "bench_vae.png", dpi=100)
+    fig.savefig(OUT / "bench_vae.png", dpi=150)
 
 
 if __name__ == "__main__":

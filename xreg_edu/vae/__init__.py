@@ -7,25 +7,31 @@ public; the architecture, posterior details and training schedule here are our o
 
 Modules (one job each):
     networks    shared structural encoder, registration head
-    posterior   product of experts (categorical / Gaussian), leave-one-out products
-    functional  the pointwise imaging functional f_j (eq. 8)
-    elbo        eq. 9 with its terms written out
+    posterior   product of experts (categorical / Gaussian)
+    functional  the pointwise imaging functional f_j (eq. 8), mean images for counterfactuals
+    elbo        eq. 9, every term exact: class-conditional appearance in closed form, π prior, MAP geometry
+    teacher     X-CoReg's EM posterior of aligned training groups (the declared unsupervised warm start)
+    weights     sha256-checked weight files with JSON sidecars
     model       BIGRConfig, BIGRLite (variants PN, CN, PD, CD)
     data        real training/test groups (patient split) with synthetic misalignment
-    train       seeded training loop (xreg_edu.vae.train.train), checkpoints, pretrained weights
+    train       seeded training (warm start + MAP-ELBO, DDP under torchrun), checkpoints, pretrained weights
+    distributed torch.distributed helpers (DDP)
     inference   register a group of any N
     interpret   structural maps, counterfactual reconstructions
 """
 import importlib
 
 _EXPORTS = {
-    "ELBOTerms": "elbo", "elbo_terms": "elbo", "gaussian_log_likelihood": "elbo", "kl_categorical_uniform": "elbo",
-    "kl_gaussian_standard": "elbo", "kl_geometry_delta": "elbo", "smoothness_energy": "elbo",
+    "ELBOTerms": "elbo", "elbo_terms": "elbo", "class_log_density": "elbo", "expected_log_likelihood": "elbo",
+    "kl_categorical": "elbo", "kl_gaussian_standard": "elbo", "kl_geometry_delta": "elbo",
+    "smoothness_energy": "elbo",
     "VAERegistration": "inference", "evaluate_group": "inference", "register": "inference",
     "VARIANTS": "model", "BIGRConfig": "model", "BIGRLite": "model", "BIGROutput": "model",
-    "leave_one_out_categorical": "posterior", "leave_one_out_gaussian": "posterior", "poe_categorical": "posterior",
-    "poe_gaussian": "posterior",
+    "pair_agreement": "model",
+    "poe_categorical": "posterior", "poe_gaussian": "posterior",
+    "heldout_groups": "data", "patient_split": "data",
     "load_checkpoint": "train", "load_pretrained": "train", "save_checkpoint": "train",
+    "load_weights": "weights", "save_weights": "weights",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -1,7 +1,8 @@
 """Training and test groups for BIGR-lite from the real datasets of the registry.
 
 The multi-sequence cardiac cases (``myops_cmr``: bSSFP/LGE/T2, natively co-registered, labels myocardium/LV/RV) are
-split *by patient* into train and test, as in the talk's MS-CMRSeg experiment; every labelled short-axis slice of a
+split *by patient* (the registry card's official train Case3001–3025 / test Case3026–3037, with a validation part
+carved from the training cases), as in the talk's MS-CMRSeg experiment; every labelled short-axis slice of a
 patient is one 2-D group. A synthetic misalignment (random SVF or FFD, group mean zero, :func:`xreg_edu.simulate.misalign`)
 is drawn on top of the native alignment each time a group is used, so the labels give the ground truth. Larger test
 groups (N = 10, 60, 120 ...) repeat a slice's modalities, each copy with its own misalignment: every image of the
@@ -17,14 +18,30 @@ from torch import Tensor
 
 from ..group import ImageGroup
 
-#: patient split used for the pretrained weights (7 train / 3 test, by patient)
-SPLITS = {
-    "myops_cmr": ([f"Case30{i:02d}" for i in range(1, 8)], [f"Case30{i:02d}" for i in range(8, 11)]),
-    "open_ms": (["patient07", "patient19"], ["patient26"]),
-}
+#: validation patients carved from the official training cases (used for every model choice; never the test cases)
+VALIDATION = {"myops_cmr": ("Case3021", "Case3022", "Case3023", "Case3024", "Case3025")}
 #: default misalignment for training and testing (mm; control spacing = 1/4 of the field of view). 15 mm at 64²
-#: (2.6 mm pixels) gives a groupwise Dice of about 0.72 before registration, like the talk's MS-CMRSeg table.
+#: (2.4 mm pixels) gives a groupwise Dice of about 0.7 before registration, like the talk's MS-CMRSeg table.
 MISALIGNMENT = {"kind": "svf", "magnitude_mm": 15.0}
+#: the held-out evaluation protocol shared by every table (this module's :func:`heldout_groups`)
+HELDOUT = {"dataset": "myops_cmr", "size": 64, "n": 3, "seed": 1000, "misalignment": MISALIGNMENT}
+
+
+def patient_split(dataset: str = "myops_cmr", validation: bool = True) -> dict[str, tuple[str, ...]]:
+    """The registry's patient split: ``{"train", "val", "test"}`` subject names.
+
+    ``train`` and ``val`` partition the card's official ``train_subjects`` (``val`` = :data:`VALIDATION`, empty when
+    ``validation=False``); ``test`` = the card's ``test_subjects``. Train only on ``train``, choose on ``val``,
+    report on ``test``.
+    """
+    from ..datasets import get_spec
+
+    extra = get_spec(dataset).extra or {}
+    if "train_subjects" not in extra or "test_subjects" not in extra:
+        raise ValueError(f"dataset {dataset!r} has no train_subjects/test_subjects in its card's extra")
+    val = tuple(VALIDATION.get(dataset, ())) if validation else ()
+    train = tuple(s for s in extra["train_subjects"] if s not in val)
+    return {"train": train, "val": val, "test": tuple(extra["test_subjects"])}
 
 
 @functools.lru_cache(maxsize=16)
@@ -62,17 +79,45 @@ def load_slices(dataset: str = "myops_cmr", subjects=None, size: int = 64,
         list of groups ``[M, 1, size, size]`` (M = number of modalities), cached in memory.
     """
     if subjects is None:
-        train, test = SPLITS[dataset]
-        subjects = list(train) + list(test)
+        split = patient_split(dataset, validation=False)
+        subjects = list(split["train"]) + list(split["test"])
     return list(_load_slices(dataset, tuple(subjects), int(size), int(min_label_voxels)))
 
 
-def split_slices(dataset: str = "myops_cmr", size: int = 64) -> tuple[list[ImageGroup], list[ImageGroup]]:
-    """(train slices, test slices) of the patient split :data:`SPLITS`."""
-    if dataset not in SPLITS:
-        raise ValueError(f"no train/test split defined for {dataset!r}; known: {sorted(SPLITS)}")
-    train, test = SPLITS[dataset]
-    return load_slices(dataset, train, size), load_slices(dataset, test, size)
+def split_slices(dataset: str = "myops_cmr", size: int = 64, part: str = "train") -> list[ImageGroup]:
+    """Slices of one part (``"train"``, ``"val"`` or ``"test"``) of :func:`patient_split`."""
+    split = patient_split(dataset)
+    if part not in split:
+        raise ValueError(f"part must be one of {sorted(split)}, got {part!r}")
+    return load_slices(dataset, split[part], size)
+
+
+def heldout_groups(size: int = HELDOUT["size"], seed: int = HELDOUT["seed"], n_groups: int | None = None,
+                   n: int = HELDOUT["n"], misalignment: dict | None = None, dataset: str = HELDOUT["dataset"],
+                   part: str = "test") -> list[tuple[ImageGroup, "object"]]:
+    """The held-out evaluation protocol every table uses (identical groups for every method).
+
+    Group i is test slice ``i mod S`` (S = number of labelled test slices, 47 for myops_cmr Case3026–3037; every
+    slice is a natively aligned bSSFP/LGE/T2 group), its modalities repeated to N images, plus a random
+    misalignment (:data:`MISALIGNMENT`, group mean zero) drawn with seed ``seed + i``.
+
+    Args:
+        size: in-plane grid (pixels per side).
+        seed: seed of group 0's misalignment.
+        n_groups: number of groups (default: one per test slice).
+        n: group size N.
+        misalignment: keywords of :func:`xreg_edu.simulate.misalign` (default :data:`MISALIGNMENT`).
+        dataset: registry name.
+        part: ``"test"`` (the report) or ``"val"`` (for choices; never tune on ``"test"``).
+
+    Returns:
+        list of ``(observed ImageGroup, Misalignment)``.
+    """
+    slices = split_slices(dataset, size, part)
+    count = len(slices) if n_groups is None else int(n_groups)
+    if count < 1:
+        raise ValueError(f"n_groups must be >= 1, got {n_groups}")
+    return [make_group(slices[i % len(slices)], n, seed=seed + i, misalignment=misalignment) for i in range(count)]
 
 
 def replicate(group: ImageGroup, n: int) -> ImageGroup:

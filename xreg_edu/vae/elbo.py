@@ -1,23 +1,31 @@
-"""The evidence lower bound of eq. 9, each term written out and named.
+"""The evidence lower bound of eq. 9, every term evaluated exactly and named (spec §9.2, revised).
 
-Our reconstruction, *inspired by* Luo et al. (arXiv 2401.02141); the official code is not public (spec §9.2).
+Our reconstruction, *inspired by* Luo et al. (arXiv 2401.02141); the official code is not public.
 
-    L(θ, ψ | u) = E_q(z,v|u)[ log p(u | z, v) ]                                  ("reconstruction")
-                  − E_q(v|u)[ KL( q(z | u, v) || p(z) ) ]                         ("kl_anatomy")
-                  − KL( q(v | u) || p(v) )                                        ("kl_geometry")
+    L(θ, ψ | u) = E_q(z,v|u)[ log p(u | z, v) ]                   ("reconstruction")
+                  − E_q(v|u)[ KL( q(z | u, v) || p(z) ) ]          ("kl_anatomy")
+                  − KL( q(v | u) || p(v) )                         ("kl_geometry")
 
-The split of the KL term follows from q(z, v | u) = q(v | u) q(z | u, v) and p(z, v) = p(z) p(v) (chain rule of KL).
+Categorical anatomy (C variants), z(x) ∈ {1..K} independent over the common-space voxels x, prior p(z(x) = k) = π_k:
 
-Choices made here (all in nats, sums over voxels, never means, so a hand computation checks them):
+    reconstruction = Σ_j Σ_x w_j(x) Σ_k q_k(x) log f_jk(u_j(φ_j(x)))     (exact expectation, no decoded mean)
+    kl_anatomy     = Σ_x Σ_k q_k(x) (log q_k(x) − log π_k)
 
-- reconstruction: Gaussian, ``log p(u_j | ·) = −½ Σ_y (u_j − û_j)² / σ_j² − |Ω|/2 · log(2π σ_j²)``; σ_j² is the
-  closed-form maximiser (mean squared residual), detached, floored at ``min_var``.
-- kl_anatomy, categorical with a uniform prior over K classes: ``Σ_x [Σ_k q log q + log K]``.
-  Gaussian with a standard normal prior: ``½ Σ (μ² + σ² − 1 − log σ²)``.
-- kl_geometry: q(v|u) is a point mass (deterministic registration head), so the KL reduces — up to the constant
-  entropy of the point mass, which is dropped — to ``−log p(v)`` of a Gaussian smoothness prior,
-  ``λ/2 Σ_j Σ_x Σ_c Σ_a ((v[x + e_a] − v[x]) / spacing_a)²`` (forward differences, mm⁻¹·mm = unitless). With a point
-  mass the expectation E_q(v)[·] in the anatomy term is the term evaluated at the estimate v̂.
+with f_jk the intensity density of class k in image j, fitted in closed form (weighted maximum likelihood, treated as
+a constant of the step = an M-step): a per-class Gaussian N(μ_jk, σ²_jk), or the cubic B-spline Parzen density of
+X-CoReg, ``f_jk(u) = Σ_b p_jk(b) β(s(u) − b) / Δ`` with ``p_jk`` the posterior-weighted class histogram (a proper
+density: it integrates to one). w_j(x) = 1 where φ_j(x) lies inside image j's field of view, else 0.
+
+Gaussian anatomy (P variants), z(x) ∈ R^C, prior N(0, I), q(z(x)) = N(m(x), diag s²(x)), pointwise linear-Gaussian
+appearance u_j = a_j·z + b_j + N(0, σ²_j): the expectation is exact in closed form,
+``E_q[(u − a·z − b)²] = (u − a·m − b)² + Σ_c a_c² s_c²``, and (a_j, b_j, σ²_j) are fitted in closed form.
+
+Geometry: q(v|u) is a point mass (deterministic heads), so the objective is a **MAP-ELBO**: kl_geometry is
+``−log p(v̂)`` of the Gaussian smoothness prior ``λ/2 Σ ‖∇v‖²`` up to constants (the point mass's entropy and the
+prior's normaliser do not depend on the parameters).
+
+All terms are sums in nats (never means), so a hand computation checks them; :meth:`ELBOTerms.loss` divides by the
+number of image voxels.
 """
 from __future__ import annotations
 
@@ -27,42 +35,101 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..density import EPS, bin_coordinates, bspline_taps, class_histogram
 
-def gaussian_log_likelihood(images: Tensor, recon: Tensor, var: Tensor | None = None,
-                            min_var: float = 1e-4) -> Tensor:
-    """Σ_j log p(u_j | z, v_j) with an isotropic Gaussian per image.
-
-    Args:
-        images: ``[N, 1, *S]`` observed images u_j.
-        recon: ``[N, 1, *S]`` generated images û_j = f_j(z) ∘ φ_j⁻¹.
-        var: optional ``[N]`` noise variances σ_j²; ``None`` = closed form (mean squared residual, detached).
-        min_var: floor on σ_j².
-
-    Returns:
-        0-dim tensor (nats).
-    """
-    if images.shape != recon.shape:
-        raise ValueError(f"images {tuple(images.shape)} and recon {tuple(recon.shape)} must have the same shape")
-    sq = (images - recon).pow(2).flatten(1)
-    n_vox = sq.shape[1]
-    if var is None:
-        var = sq.detach().mean(1)
-    var = var.clamp_min(min_var)
-    return (-0.5 * sq.sum(1) / var - 0.5 * n_vox * torch.log(2 * math.pi * var)).sum()
+LOG_2PI = math.log(2 * math.pi)
 
 
-def kl_categorical_uniform(q: Tensor, eps: float = 1e-12) -> Tensor:
-    """KL(q(z) || uniform over K), summed over voxels.
+# ------------------------------------------------------------------------------------------- class appearance
+def gaussian_class_fit(values: Tensor, q: Tensor, weights: Tensor | None = None,
+                       min_var: float = 1e-4) -> tuple[Tensor, Tensor]:
+    """Weighted MLE of a Gaussian per image and class (class-specific variances), detached.
 
     Args:
-        q: ``[1, K, *S]`` (or ``[B, K, *S]``) probabilities, summing to 1 over dim 1.
+        values: ``[N, M]`` intensities u_j(φ_j(x)).
+        q: ``[M, K]`` posterior.
+        weights: optional ``[N, M]`` voxel weights w_j.
+        min_var: floor of σ².
 
     Returns:
-        0-dim tensor ``Σ_x [Σ_k q log q + log K]`` (nats, ≥ 0).
+        ``(mu [N, K], var [N, K])``.
     """
-    k = q.shape[1]
-    n_vox = q.numel() // k
-    return (q * torch.log(q.clamp_min(eps))).sum() + n_vox * math.log(k)
+    v, g = values.detach(), q.detach()
+    r = g.unsqueeze(0) if weights is None else g.unsqueeze(0) * weights.detach().unsqueeze(-1)  # [N, M, K]
+    mass = r.sum(1).clamp_min(EPS)
+    mu = (r * v.unsqueeze(-1)).sum(1) / mass
+    var = (r * (v.unsqueeze(-1) - mu.unsqueeze(1)).pow(2)).sum(1) / mass
+    return mu, var.clamp_min(min_var)
+
+
+def gaussian_class_log_density(values: Tensor, mu: Tensor, var: Tensor) -> Tensor:
+    """``log N(u_j(x); μ_jk, σ²_jk)``: ``[N, M]`` values, ``[N, K]`` parameters -> ``[N, K, M]``."""
+    d = values.unsqueeze(1) - mu.unsqueeze(-1)
+    return -0.5 * (d.pow(2) / var.unsqueeze(-1) + torch.log(var).unsqueeze(-1) + LOG_2PI)
+
+
+def parzen_class_fit(values: Tensor, q: Tensor, bins: int, weights: Tensor | None = None
+                     ) -> tuple[Tensor, Tensor, Tensor]:
+    """Posterior-weighted B-spline class histograms of every image (X-CoReg's f_jk, spec §3.3), detached.
+
+    Args:
+        values: ``[N, M]``; q: ``[M, K]``; bins: L; weights: optional ``[N, M]``.
+
+    Returns:
+        ``(pmf [N, K, L + 4], lo [N, 1], width [N, 1])``: pmf sums to one over the bins.
+    """
+    v, g = values.detach(), q.detach()
+    _, lo, width = bin_coordinates(v, bins)
+    if weights is None:
+        h = class_histogram(v, g, bins)
+    else:  # a per-image weight -> one histogram call per image
+        h = torch.stack([class_histogram(v[j], g * weights[j].detach().unsqueeze(-1), bins) for j in range(len(v))])
+    return h / h.sum(-1, keepdim=True).clamp_min(EPS), lo, width
+
+
+def parzen_class_log_density(values: Tensor, pmf: Tensor, lo: Tensor, width: Tensor, bins: int) -> Tensor:
+    """``log f_jk(u) = log(Σ_b p_jk(b) β(s(u) − b) / Δ_j)`` (differentiable in u): -> ``[N, K, M]``."""
+    n, k, nb = pmf.shape
+    s = (values - lo) / width + 2
+    f = s.detach().floor().clamp(-4, nb + 4)                            # exact for any u: far taps fall off the table
+    taps = bspline_taps(s - f)                                          # [N, M, 4]
+    idx = (f.long() - 1).unsqueeze(-1) + torch.arange(4, device=values.device)  # [N, M, 4]
+    taps = taps * ((idx >= 0) & (idx < nb))
+    idx = idx.clamp(0, nb - 1).flatten(1)
+    gathered = torch.gather(pmf, 2, idx.unsqueeze(1).expand(n, k, idx.shape[1])).view(n, k, -1, 4)
+    dens = (gathered * taps.unsqueeze(1)).sum(-1)
+    return torch.log(dens.clamp_min(EPS)) - torch.log(width).unsqueeze(1)
+
+
+def class_log_density(values: Tensor, q: Tensor, appearance: str = "parzen", bins: int = 32,
+                      weights: Tensor | None = None) -> Tensor:
+    """Fit f_jk in closed form to (values, q) and evaluate ``log f_jk(values)``: ``[N, K, M]``.
+
+    Args:
+        appearance: ``"parzen"`` (nonparametric, X-CoReg's) or ``"gaussian"`` (class-specific variances).
+    """
+    if appearance == "gaussian":
+        return gaussian_class_log_density(values, *gaussian_class_fit(values, q, weights))
+    if appearance == "parzen":
+        return parzen_class_log_density(values, *parzen_class_fit(values, q, bins, weights), bins)
+    raise ValueError(f"appearance must be 'parzen' or 'gaussian', got {appearance!r}")
+
+
+def expected_log_likelihood(log_f: Tensor, q: Tensor, weights: Tensor | None = None) -> Tensor:
+    """``Σ_j Σ_x w_j(x) Σ_k q_k(x) log f_jk(x)``: ``[N, K, M]``, ``[M, K]``, ``[N, M]`` -> 0-dim."""
+    per = (log_f * q.t().unsqueeze(0)).sum(1)  # [N, M]
+    return (per if weights is None else per * weights).sum()
+
+
+# ------------------------------------------------------------------------------------------- anatomy prior / KL
+def class_proportions(q: Tensor) -> Tensor:
+    """Closed-form prior update ``π_k = mean_x q_k(x)`` (X-CoReg step 4), detached: ``[M, K]`` -> ``[K]``."""
+    return q.detach().mean(0).clamp_min(EPS)
+
+
+def kl_categorical(q: Tensor, log_pi: Tensor) -> Tensor:
+    """``Σ_x Σ_k q (log q − log π)`` (≥ 0): ``[M, K]``, ``[K]`` -> 0-dim."""
+    return (q * (torch.log(q.clamp_min(1e-30)) - log_pi)).sum()
 
 
 def kl_gaussian_standard(mean: Tensor, logvar: Tensor) -> Tensor:
@@ -70,6 +137,46 @@ def kl_gaussian_standard(mean: Tensor, logvar: Tensor) -> Tensor:
     return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum()
 
 
+# ------------------------------------------------------------------------------------------- P: linear-Gaussian
+def linear_gaussian_fit(mean: Tensor, var: Tensor, values: Tensor, weights: Tensor | None = None,
+                        ridge: float = 1e-6, min_var: float = 1e-4) -> tuple[Tensor, Tensor]:
+    """Closed-form (a_j, b_j, σ²_j) maximising ``E_q[log N(u_j; a_j·z + b_j, σ²_j)]``, detached.
+
+    Args:
+        mean, var: ``[M, C]`` q(z(x)) = N(m, diag s²); values: ``[N, M]``; weights: optional ``[N, M]``.
+
+    Returns:
+        ``(coef [N, C + 1] = (a, b), noise var [N])``.
+    """
+    m, s2, u = mean.detach(), var.detach(), values.detach()
+    n, (M, c) = u.shape[0], m.shape
+    x = torch.cat([m, m.new_ones(M, 1)], 1)                       # [M, C+1]
+    w = u.new_ones(n, M) if weights is None else weights.detach()
+    wx = w.unsqueeze(-1) * x                                      # [N, M, C+1]
+    gram = wx.transpose(1, 2) @ x                                 # E[x xᵀ] = x xᵀ + diag(s², 0)
+    gram[:, :c, :c] += torch.diag_embed(w @ s2)
+    gram = gram + ridge * torch.eye(c + 1, dtype=u.dtype, device=u.device) * w.sum(1).view(-1, 1, 1)
+    rhs = (wx * u.unsqueeze(-1)).sum(1, keepdim=True).transpose(1, 2)
+    coef = torch.linalg.solve(gram, rhs).squeeze(-1)              # [N, C+1]
+    resid = _expected_sq_residual(m, s2, u, coef)
+    noise = (w * resid).sum(1) / w.sum(1).clamp_min(EPS)
+    return coef, noise.clamp_min(min_var)
+
+
+def _expected_sq_residual(mean: Tensor, var: Tensor, values: Tensor, coef: Tensor) -> Tensor:
+    a, b = coef[:, :-1], coef[:, -1:]
+    return (values - a @ mean.t() - b).pow(2) + a.pow(2) @ var.t()  # [N, M]
+
+
+def linear_gaussian_expected_log_likelihood(mean: Tensor, var: Tensor, values: Tensor, coef: Tensor,
+                                            noise: Tensor, weights: Tensor | None = None) -> Tensor:
+    """``Σ_j Σ_x w E_q[log N(u_j(x); a_j·z + b_j, σ²_j)]`` exactly (Gaussian q): 0-dim."""
+    per = -0.5 * (_expected_sq_residual(mean, var, values, coef) / noise.unsqueeze(-1)
+                  + torch.log(noise).unsqueeze(-1) + LOG_2PI)
+    return (per if weights is None else per * weights).sum()
+
+
+# ------------------------------------------------------------------------------------------- geometry prior
 def smoothness_energy(field: Tensor, spacing: tuple[float, ...]) -> Tensor:
     """``Σ_j Σ_x Σ_c Σ_a ((f[x + e_a] − f[x]) / spacing_a)²`` with forward differences.
 
@@ -79,22 +186,13 @@ def smoothness_energy(field: Tensor, spacing: tuple[float, ...]) -> Tensor:
     """
     total = field.new_zeros(())
     for a, h in enumerate(spacing):
-        diff = torch.diff(field, dim=2 + a) / h
-        total = total + diff.pow(2).sum()
+        total = total + (torch.diff(field, dim=2 + a) / h).pow(2).sum()
     return total
 
 
 def kl_geometry_delta(field: Tensor, spacing: tuple[float, ...], lam: float) -> Tensor:
-    """KL(q(v|u) || p(v)) for a point-mass q and the Gaussian smoothness prior (constants dropped).
-
-    Args:
-        field: ``[N, d, *S]`` the estimated v (velocity for D, displacement for N).
-        spacing: d floats.
-        lam: prior precision λ.
-
-    Returns:
-        0-dim tensor ``λ/2 · smoothness_energy(field)``.
-    """
+    """KL(q(v|u) || p(v)) for a point-mass q (MAP) and the Gaussian smoothness prior, constants dropped:
+    ``λ/2 · smoothness_energy(field)``."""
     return 0.5 * lam * smoothness_energy(field, spacing)
 
 
@@ -104,10 +202,10 @@ class ELBOTerms:
 
     Attributes:
         reconstruction: E_q[log p(u | z, v)].
-        kl_anatomy: E_q(v|u)[KL(q(z|u,v) || p(z))].
-        kl_geometry: KL(q(v|u) || p(v)).
-        elbo: reconstruction − beta_z · kl_anatomy − kl_geometry (beta_z = 1 is the true ELBO).
-        num_voxels: N · |Ω|, to report the per-voxel value.
+        kl_anatomy: KL(q(z|u,v) || p(z)) at the point estimate v̂.
+        kl_geometry: −log p(v̂) + const (MAP).
+        elbo: reconstruction − kl_anatomy − kl_geometry.
+        num_voxels: N · |Ω|, to report per-voxel values.
     """
 
     reconstruction: Tensor
@@ -127,18 +225,7 @@ class ELBOTerms:
                 "kl_anatomy": float(self.kl_anatomy.detach()) / n, "kl_geometry": float(self.kl_geometry.detach()) / n}
 
 
-def elbo_terms(images: Tensor, recon: Tensor, kl_anatomy: Tensor, kl_geometry: Tensor,
-               beta_z: float = 1.0, var: Tensor | None = None) -> ELBOTerms:
-    """Assemble eq. 9 from its pieces.
-
-    Args:
-        images: ``[N, 1, *S]`` observed group.
-        recon: ``[N, 1, *S]`` its reconstruction.
-        kl_anatomy: 0-dim, from :func:`kl_categorical_uniform` or :func:`kl_gaussian_standard`.
-        kl_geometry: 0-dim, from :func:`kl_geometry_delta`.
-        beta_z: weight of the anatomy KL (1 = ELBO; <1 is the usual β-VAE relaxation).
-        var: optional ``[N]`` noise variances for the likelihood.
-    """
-    rec = gaussian_log_likelihood(images, recon, var)
-    elbo = rec - beta_z * kl_anatomy - kl_geometry
-    return ELBOTerms(rec, kl_anatomy, kl_geometry, elbo, int(images.numel()))
+def elbo_terms(reconstruction: Tensor, kl_anatomy: Tensor, kl_geometry: Tensor, num_voxels: int) -> ELBOTerms:
+    """Assemble eq. 9 from its three terms."""
+    return ELBOTerms(reconstruction, kl_anatomy, kl_geometry, reconstruction - kl_anatomy - kl_geometry,
+                     int(num_voxels))

@@ -41,7 +41,7 @@ class VAERegistration:
     seconds: float
 
 
-def register(model: BIGRLite, images: Tensor | ImageGroup, spacing=None, *, batch_size: int | None = None,
+def register(model: BIGRLite, images: Tensor | ImageGroup, spacing=None, *,
              labels: Tensor | None = None) -> VAERegistration:
     """Groupwise registration by amortised inference.
 
@@ -49,7 +49,6 @@ def register(model: BIGRLite, images: Tensor | ImageGroup, spacing=None, *, batc
         model: a trained :class:`BIGRLite` (e.g. :func:`xreg_edu.vae.train.load_pretrained`).
         images: ``[N, 1, *S]`` float tensor (N >= 2) or an :class:`ImageGroup` (its spacing and labels are used).
         spacing: mm per axis (required for a tensor).
-        batch_size: unused placeholder for future chunked encoding (all N images go through at once).
         labels: optional ``[N, 1, *S]`` int labels to carry into the common space.
 
     Returns:
@@ -69,7 +68,7 @@ def register(model: BIGRLite, images: Tensor | ImageGroup, spacing=None, *, batc
     images = images.to(device)
     t0 = time.perf_counter()
     with torch.no_grad():
-        out = model(images, spacing, compute_elbo=False)
+        out = model(images, spacing)
     seconds = time.perf_counter() - t0
     if was_training:
         model.train()
@@ -91,3 +90,27 @@ def evaluate_group(model: BIGRLite, group: ImageGroup) -> dict:
             "assd_after": float(assd(res.warped_labels, group.spacing)),
             "folding_percent": float(folding_percentage(res.displacement, group.spacing).mean()),
             "seconds": res.seconds}
+
+
+def true_correction_field(model: BIGRLite, truth) -> Tensor:
+    """The model's latent geometry of the exact correction of a simulated SVF misalignment (the gate test's
+    "truth"): D: velocity −v; N: displacement exp(−v) − id. Args: ``truth`` a
+    :class:`~xreg_edu.simulate.Misalignment` of kind ``"svf"``. Returns ``[N, d, *S]`` mm."""
+    if truth.kind != "svf":
+        raise ValueError(f"true_correction_field needs an SVF misalignment, got kind {truth.kind!r}")
+    if model.config.diffeomorphic:
+        return -truth.params
+    return truth.correction() - truth.grid()
+
+
+def gate(model: BIGRLite, group: ImageGroup, truth) -> dict:
+    """The gate test of spec §9.2 on one group: the MAP-ELBO (nats/voxel) at the true correction, at the identity
+    and at the model's own output, with the same encoder experts."""
+    spacing = tuple(float(s) for s in group.spacing)
+    model.eval()
+    with torch.no_grad():
+        out = model(group.images, spacing)
+        maps, logvar = model.represent(group.images)
+        at = lambda f: float(model.evaluate(group.images, spacing, f, maps, logvar).terms.loss().neg())  # noqa: E731
+        return {"truth": at(true_correction_field(model, truth).to(out.field)),
+                "identity": at(torch.zeros_like(out.field)), "model": float(out.terms.loss().neg())}

@@ -23,7 +23,7 @@ from .model import BIGRLite
 def _infer(model: BIGRLite, images: Tensor, spacing):
     model.eval()
     with torch.no_grad():
-        return model(images, tuple(float(s) for s in spacing), compute_elbo=False, sample=False)
+        return model(images, tuple(float(s) for s in spacing))
 
 
 def structural_maps(model: BIGRLite, images: Tensor, spacing) -> dict[str, Tensor]:
@@ -37,9 +37,12 @@ def structural_maps(model: BIGRLite, images: Tensor, spacing) -> dict[str, Tenso
         ``"posterior"`` ``[1, K, *S]`` (q(z|u,v)), ``"hard"`` ``[1, *S]`` argmax of the posterior (C variants; for P,
         argmax over feature channels), ``"recon"`` ``[N, 1, *S]``.
     """
+    spacing = tuple(float(s) for s in spacing)
     out = _infer(model, images, spacing)
+    with torch.no_grad():
+        recon = model.generate(out.posterior, out.field, out.appearance, spacing)
     return {"image_space": out.representation, "common_space": out.warped_representation,
-            "posterior": out.posterior, "hard": out.posterior.argmax(1), "recon": out.recon}
+            "posterior": out.posterior, "hard": out.posterior.argmax(1), "recon": recon}
 
 
 def swap_structures(k1: int, k2: int) -> Callable[[Tensor], Tensor]:
@@ -110,8 +113,6 @@ def counterfactual_geometry(model: BIGRLite, images: Tensor, spacing, *, scale: 
             raise ValueError(f"field must have shape {tuple(v.shape)}, got {tuple(field.shape)}")
         v_new = field.to(v)
     with torch.no_grad():
-        original = model.generate(out.anatomy if out.anatomy.shape[0] == 1 else out.posterior, v,
-                                  out.appearance, spacing)
-        cf = model.generate(out.anatomy if out.anatomy.shape[0] == 1 else out.posterior, v_new,
-                            out.appearance, spacing)
+        original = model.generate(out.posterior, v, out.appearance, spacing)
+        cf = model.generate(out.posterior, v_new, out.appearance, spacing)
     return {"original": original, "counterfactual": cf, "field": v, "edited_field": v_new}

@@ -6,18 +6,21 @@ Registration: Unsupervised Disentanglement of Anatomy and Geometry" (arXiv 2401.
 
 One forward pass, for a group of any size N:
 
-1. Structural encoder (shared weights): r_j = E_θ(u_j) in image space.
-2. Geometry inference q(v|u), coarse → fine. At every level the representations are warped to the common space,
-   s̃_j = s_j ∘ φ_j, the group-mean template t = mean_j s̃_j is formed, a shared head predicts an increment from
-   [s̃_j, t], and the fields are re-centred to group mean zero (this defines the common space, spec §7.3).
-   D variants: velocities v_j (added in the log domain), φ_j = id + exp(v_j) (scaling and squaring).
-   N variants: displacements d_j (composed), φ_j = id + d_j.
-3. Anatomy inference q(z|u,v): product of the N experts s̃_j (categorical "C" or Gaussian "P").
-4. Generation p(u|z,v): û_j = f_j(z ∘ φ_j⁻¹) with a pointwise imaging functional (eq. 8), φ_j⁻¹ = exp(−v_j) for D
-   and a fixed-point inverse for N.
+1. Structural encoder (shared weights): an expert r_j = E_θ(u_j) per image, in image space.
+2. Geometry q(v|u), coarse → fine, a point mass (MAP). At level l the experts are warped with the fields of level
+   l − 1, s̃_j = s_j ∘ φ_j; the template is their **product of experts** (the current q(z)); a shared head predicts
+   an increment from [s̃_j, template]; the fields are re-centred to group mean zero (the common space, §7.3).
+   D variants: velocities (added in the log domain), φ_j = id + exp(v_j). N variants: displacements (composed).
+3. Anatomy q(z|u,v): the product of the N warped experts and the prior (C: categorical with class proportions π,
+   closed-form update; P: Gaussian with the N(0, I) prior as one more expert). The same q enters the
+   reconstruction and the KL.
+4. Likelihood: exact E_q[log p(u|z,v)] with pointwise class-conditional appearance fitted in closed form
+   (:mod:`xreg_edu.vae.elbo`), evaluated **in the common space** on u_j ∘ φ_j, as X-CoReg does, each voxel weighted
+   by |det Dφ_j| (change of variables, so the sum stands for the image-space likelihood). Declared: the image-space
+   version needs γ warped back, which blurs it (spec §9.2).
 
-Variants: "CD", "CN", "PD", "PN" (C = categorical anatomy, P = Gaussian/probabilistic features; D = diffeomorphic
-SVF, N = non-diffeomorphic displacement). The letters' meaning in the talk is itself our reading (spec §9.1).
+Variants: "CD", "CN", "PD", "PN" (C = categorical anatomy, P = Gaussian features; D = diffeomorphic SVF, N =
+displacement). The letters' meaning in the talk is itself our reading (spec §9.1).
 """
 from __future__ import annotations
 
@@ -30,9 +33,9 @@ from torch import Tensor, nn
 from .. import spatial
 from .._checks import check_group
 from . import elbo as E
-from .functional import categorical_functional, class_means, linear_coefficients, linear_functional
-from .networks import RegistrationHead, StructuralEncoder
-from .posterior import leave_one_out_categorical, leave_one_out_gaussian, poe_categorical, poe_gaussian
+from .functional import categorical_functional, linear_functional
+from .networks import RegistrationHead, StructuralEncoder, UNetEncoder
+from .posterior import poe_categorical, poe_gaussian
 
 VARIANTS = ("PN", "CN", "PD", "CD")
 
@@ -45,56 +48,52 @@ class BIGRConfig:
         variant: "CD", "CN", "PD" or "PN".
         dim: 2 or 3.
         channels: K structures (C) or feature channels (P).
+        encoder: ``"unet"`` (two poolings, large field of view) or ``"dilated"`` (no pooling, exactly
+            translation-equivariant).
         width: encoder width.
-        dilations: encoder dilations (one 3×3 conv each).
+        dilations: dilations of the ``"dilated"`` encoder.
         head_width: registration-head width.
-        levels: downsampling factor of each coarse-to-fine level (one head per level): the field increment of that
-            level lives on a grid this much coarser than the image and is upsampled (bilinear), so a field cannot
-            carry image detail finer than the level's grid.
-        head_input: downsampling factor of what the heads *see* (the warped maps and the template). It must be
-            small (1–2): a head that sees the maps at its level's coarse grid (e.g. 4×4 for 64² images) is blind
-            to the structures it should align.
+        levels: downsampling factor of each coarse-to-fine level's field increment (one head per level).
+        head_input: downsampling factor of what the heads see (1–2).
         max_step_mm: bound on one increment (mm per component).
         svf_steps: scaling-and-squaring steps (D).
-        inverse_iterations: fixed-point iterations to invert a displacement (N).
-        beta_z: weight of the anatomy KL (1 = the ELBO).
-        lam: precision λ of the smoothness prior p(v).
-        cross_reconstruction: generate image j from the product of the *other* experts (leave-one-out), so that
-            an image cannot explain itself and only alignment with the rest of the group improves its
-            reconstruction. Our choice (a pseudo-likelihood reading of eq. 9's reconstruction term); False gives
-            the plain ELBO with the full posterior in every term.
-        template: what the registration head compares s̃_j with: ``"mean"`` = the group mean t (spec §9.2), or
-            ``"others"`` = the mean of the *other* images, t_{-j} = (N t − s̃_j)/(N − 1), so that image j's own map
-            cannot steer its field towards itself (our choice; the two agree for large N).
+        inverse_iterations: fixed-point iterations to invert a displacement (N, generation only).
+        lam: precision λ of the smoothness prior p(v) (≈ 0.1: λ = 1 outweighs the alignment margin, spec §9.2).
+        appearance: f_jk of the C variants: ``"parzen"`` (X-CoReg's B-spline Parzen density) or ``"gaussian"``.
+        bins: Parzen bins L.
     """
 
     variant: str = "CD"
     dim: int = 2
-    channels: int = 4
+    channels: int = 5
+    encoder: str = "unet"
     width: int = 16
     dilations: tuple[int, ...] = (1, 2, 4, 1)
     head_width: int = 16
     levels: tuple[int, ...] = (16, 8)
+    head_input: int = 2
     max_step_mm: float = 10.0
     svf_steps: int = 6
     inverse_iterations: int = 6
-    beta_z: float = 1.0
-    lam: float = 1.0
-    cross_reconstruction: bool = True
-    template: str = "mean"
-    head_input: int = 2
+    lam: float = 0.1
+    appearance: str = "parzen"
+    bins: int = 32
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
         self.dilations = tuple(int(d) for d in self.dilations)
         self.levels = tuple(int(f) for f in self.levels)
+        if self.encoder not in ("unet", "dilated"):
+            raise ValueError(f"encoder must be 'unet' or 'dilated', got {self.encoder!r}")
+        if self.appearance not in ("parzen", "gaussian"):
+            raise ValueError(f"appearance must be 'parzen' or 'gaussian', got {self.appearance!r}")
         if self.head_input < 1:
             raise ValueError(f"head_input must be >= 1, got {self.head_input}")
-        if self.template not in ("mean", "others"):
-            raise ValueError(f"template must be 'mean' or 'others', got {self.template!r}")
         if not self.levels or any(f < 1 for f in self.levels):
             raise ValueError(f"levels must be positive downsampling factors, got {self.levels}")
+        if self.lam < 0:
+            raise ValueError(f"lam must be >= 0, got {self.lam}")
 
     @property
     def categorical(self) -> bool:
@@ -120,38 +119,33 @@ class BIGRConfig:
 
 @dataclass
 class BIGROutput:
-    """Everything one pass of the model produces (shapes for a group of N images, spatial shape S, d axes).
+    """One pass of the model (group of N images, spatial shape S, d axes, K channels).
 
     Attributes:
         field: ``[N, d, *S]`` velocity (D) or displacement (N) in mm, group mean zero.
         displacement: ``[N, d, *S]`` φ_j − id (mm).
         points: ``[N, d, *S]`` φ_j(x): where common-space point x samples image j.
-        inverse_displacement: ``[N, d, *S]`` φ_j⁻¹ − id.
-        representation: ``[N, K, *S]`` structural maps in image space (probabilities for C, means for P).
-        warped_representation: ``[N, K, *S]`` the same maps in the common space.
-        posterior: ``[1, K, *S]`` q(z|u,v) (C: probabilities; P: mean); ``posterior_logvar`` for P.
-        anatomy: ``[1|N, K, *S]`` the z used for generation (common space): the posterior, or with
-            ``cross_reconstruction`` one leave-one-out posterior per image; a sample during training for P.
-        recon: ``[N, 1, *S]`` û_j.
+        representation: ``[N, K, *S]`` the experts in image space (C: probabilities; P: means).
+        warped_representation: ``[N, K, *S]`` the experts in the common space.
+        posterior: ``[1, K, *S]`` q(z|u,v) (C: probabilities; P: mean); ``posterior_var`` for P.
+        prior: ``[K]`` class proportions π (C) or None.
         warped: ``[N, 1, *S]`` u_j ∘ φ_j (registered images).
-        appearance: per-image functional parameters (C: ``[N, K]`` class means; P: ``[N, K + 1]``).
-        terms: the ELBO terms (:class:`~xreg_edu.vae.elbo.ELBOTerms`) or None.
-        history: fields after each level (for plots).
+        appearance: C: ``[N, K]`` class means of f_jk; P: ``[N, K + 1]`` (a_j, b_j).
+        terms: :class:`~xreg_edu.vae.elbo.ELBOTerms` or None.
+        history: fields after each level.
     """
 
     field: Tensor
     displacement: Tensor
     points: Tensor
-    inverse_displacement: Tensor
     representation: Tensor
     warped_representation: Tensor
     posterior: Tensor
-    anatomy: Tensor
-    recon: Tensor
     warped: Tensor
     appearance: Tensor
     terms: E.ELBOTerms | None = None
-    posterior_logvar: Tensor | None = None
+    posterior_var: Tensor | None = None
+    prior: Tensor | None = None
     history: list = field(default_factory=list)
 
 
@@ -167,6 +161,11 @@ def _upsample(x: Tensor, shape: tuple[int, ...]) -> Tensor:
     return F.interpolate(x, size=shape, mode="bilinear" if x.dim() == 4 else "trilinear", align_corners=False)
 
 
+def _flat(x: Tensor) -> Tensor:
+    """``[1, K, *S]`` -> ``[M, K]``."""
+    return x.flatten(2)[0].t()
+
+
 class BIGRLite(nn.Module):
     """The hierarchical VAE for groupwise registration (variants PN/CN/PD/CD).
 
@@ -180,83 +179,50 @@ class BIGRLite(nn.Module):
         if overrides:
             cfg = BIGRConfig.from_dict({**cfg.to_dict(), **overrides})
         self.config = cfg
-        self.encoder = StructuralEncoder(cfg.dim, cfg.channels, gaussian=not cfg.categorical, width=cfg.width,
-                                         dilations=cfg.dilations)
+        gauss = not cfg.categorical
+        if cfg.encoder == "unet":
+            self.encoder = UNetEncoder(cfg.dim, cfg.channels, gaussian=gauss, width=cfg.width)
+        else:
+            self.encoder = StructuralEncoder(cfg.dim, cfg.channels, gaussian=gauss, width=cfg.width,
+                                             dilations=cfg.dilations)
         self.heads = nn.ModuleList(
             RegistrationHead(cfg.dim, cfg.channels, cfg.head_width, cfg.max_step_mm) for _ in cfg.levels)
 
-    # ----------------------------------------------------------------------------------------------------------
+    # ------------------------------------------------------------------------------------------------ pieces
     def represent(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Structural representation of each image (image space).
-
-        Args:
-            images: ``[N, 1, *S]``.
-
-        Returns:
-            ``(maps [N, K, *S], logvar)``: C: softmax probabilities and None; P: feature means and log-variances.
-        """
+        """Experts in image space: C: ``(probabilities [N, K, *S], None)``; P: ``(means, log-variances)``."""
         out = self.encoder(images)
         if self.config.categorical:
             return torch.softmax(out, dim=1), None
         return out
 
-    def field_to_displacement(self, field: Tensor, spacing: tuple[float, ...], inverse: bool = False) -> Tensor:
-        """φ − id (or φ⁻¹ − id) from the latent geometry.
+    def logits(self, images: Tensor) -> Tensor:
+        """Class scores of each image's expert (C: logits; P: the feature means read as logits), ``[N, K, *S]``:
+        what the unsupervised warm start distils the teacher posterior into."""
+        out = self.encoder(images)
+        return out if self.config.categorical else out[0]
 
-        Args:
-            field: ``[N, d, *S]`` velocity (D) or displacement (N), mm.
-            spacing: d floats.
-            inverse: return the inverse map's displacement.
-        """
+    def field_to_displacement(self, field: Tensor, spacing: tuple[float, ...], inverse: bool = False) -> Tensor:
+        """φ − id (or φ⁻¹ − id) of the latent geometry ``[N, d, *S]`` (mm)."""
         cfg = self.config
         if cfg.diffeomorphic:
             return spatial.svf_exp(-field if inverse else field, spacing, steps=cfg.svf_steps)
         return spatial.invert_displacement(field, spacing, cfg.inverse_iterations) if inverse else field
 
-    def fit_appearance(self, anatomy_image_space: Tensor, images: Tensor) -> Tensor:
-        """Closed-form parameters of each image's pointwise functional f_j.
-
-        Args:
-            anatomy_image_space: ``[N, K, *S]`` z ∘ φ_j⁻¹.
-            images: ``[N, 1, *S]``.
-
-        Returns:
-            C: ``[N, K]`` class means; P: ``[N, K + 1]`` linear coefficients.
-        """
+    def product_of_experts(self, warped: Tensor, warped_logvar: Tensor | None, votes: Tensor,
+                           log_prior: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """q(z|u,v) from warped experts: C: ``(probs [1, K, *S], None)``; P: ``(mean, var)`` (prior expert in)."""
         if self.config.categorical:
-            return class_means(anatomy_image_space, images)
-        return linear_coefficients(anatomy_image_space, images)
+            return poe_categorical(torch.log(warped.clamp_min(1e-6)), weights=votes, log_prior=log_prior), None
+        mean, logvar = poe_gaussian(warped, warped_logvar, weights=votes, prior_expert=True)
+        return mean, logvar.exp()
 
-    def imaging_functional(self, anatomy: Tensor, appearance: Tensor) -> Tensor:
-        """f_j applied pointwise: ``[N|1, K, *S]`` anatomy + ``[N, ·]`` appearance -> ``[N, 1, *S]`` images."""
-        if self.config.categorical:
-            return categorical_functional(anatomy, appearance)
-        return linear_functional(anatomy, appearance)
-
-    def generate(self, anatomy: Tensor, field: Tensor, appearance: Tensor, spacing: tuple[float, ...]) -> Tensor:
-        """Generation step (eq. 7): û_j = f_j(z ∘ φ_j⁻¹) for a given anatomy, geometry and appearance.
+    def infer_geometry(self, maps: Tensor, logvar: Tensor | None, spacing: tuple[float, ...]
+                       ) -> tuple[Tensor, list[Tensor]]:
+        """Inference step #1: coarse-to-fine fields; the template of each level is the PoE of the previous level.
 
         Args:
-            anatomy: ``[1|N, K, *S]`` z in the common space.
-            field: ``[N, d, *S]`` velocity (D) or displacement (N), mm.
-            appearance: ``[N, ·]`` from :meth:`fit_appearance`.
-            spacing: d floats.
-
-        Returns:
-            ``[N, 1, *S]``.
-        """
-        n = field.shape[0]
-        grid = spatial.identity_grid(tuple(field.shape[2:]), spacing, device=field.device, dtype=field.dtype)
-        inv_points = grid + self.field_to_displacement(field, spacing, inverse=True)
-        z = anatomy.expand(n, *anatomy.shape[1:]) if anatomy.shape[0] == 1 else anatomy
-        return self.imaging_functional(spatial.warp(z, inv_points, spacing, padding="border"), appearance)
-
-    def infer_geometry(self, maps: Tensor, spacing: tuple[float, ...]) -> tuple[Tensor, list[Tensor]]:
-        """Inference step #1: coarse-to-fine fields against the group-mean template, re-centred to mean zero.
-
-        Args:
-            maps: ``[N, K, *S]`` structural maps in image space.
-            spacing: d floats.
+            maps: ``[N, K, *S]`` experts (image space); logvar: P only; spacing: d floats.
 
         Returns:
             ``(field [N, d, *S], history)``.
@@ -267,12 +233,11 @@ class BIGRLite(nn.Module):
         fld = maps.new_zeros((maps.shape[0], cfg.dim) + shape)
         history = []
         for factor, head in zip(cfg.levels, self.heads):
-            disp = self.field_to_displacement(fld, spacing)
-            warped = spatial.warp(maps, grid + disp, spacing, padding="border")
-            template = warped.mean(0, keepdim=True)
-            if cfg.template == "others" and maps.shape[0] > 1:
-                n = maps.shape[0]
-                template = (n * template - warped) / (n - 1)  # [N, K, *S]: t_{-j}
+            points = grid + self.field_to_displacement(fld, spacing)
+            warped = spatial.warp(maps, points, spacing, padding="border")
+            wlv = None if logvar is None else spatial.warp(logvar, points, spacing, padding="border")
+            votes = spatial.inside_fov(points, shape, spacing).to(maps.dtype)
+            template, _ = self.product_of_experts(warped, wlv, votes)
             hin = min(cfg.head_input, factor)
             inc = head(_pool(warped, hin), _pool(template, hin))
             inc = _upsample(_pool(inc, max(1, factor // hin)), shape)
@@ -284,17 +249,58 @@ class BIGRLite(nn.Module):
             history.append(fld)
         return fld, history
 
-    def forward(self, images: Tensor, spacing: tuple[float, ...], *, compute_elbo: bool = True,
-                sample: bool | None = None, geometry: bool = True) -> BIGROutput:
-        """Register and reconstruct a group.
+    def evaluate(self, images: Tensor, spacing: tuple[float, ...], fld: Tensor, maps: Tensor,
+                 logvar: Tensor | None = None, history=None) -> BIGROutput:
+        """Step #2 and the MAP-ELBO of eq. 9 for given experts and a given geometry (any field: the model's, the
+        identity, the true correction — what the gate test compares).
 
         Args:
-            images: ``[N, 1, *S]`` float, N >= 2 (any N; the model was typically trained with N = 3–4).
+            images: ``[N, 1, *S]``; spacing: d floats; fld: ``[N, d, *S]`` (mm); maps/logvar: from
+                :meth:`represent`.
+        """
+        cfg = self.config
+        shape = tuple(images.shape[2:])
+        grid = spatial.identity_grid(shape, spacing, device=images.device, dtype=images.dtype)
+        disp = self.field_to_displacement(fld, spacing)
+        points = grid + disp
+        warped_maps = spatial.warp(maps, points, spacing, padding="border")
+        votes = spatial.inside_fov(points, shape, spacing).to(images.dtype)          # [N, 1, *S]
+        warped = spatial.warp(images, points, spacing, padding="zeros")
+        # change of variables: a common-space voxel x stands for |det Dφ_j(x)| voxels of image j, so the
+        # common-space sum approximates the image-space likelihood (without it, compressing a homogeneous region
+        # into many common voxels raises the objective)
+        jac = spatial.jacobian_determinant(disp, spacing).clamp_min(0)
+        values, w = warped.flatten(1), (votes * jac).flatten(1)                      # [N, M]
+        if cfg.categorical:
+            q0, _ = self.product_of_experts(warped_maps, None, votes)
+            pi = E.class_proportions(_flat(q0))                                      # closed-form prior update
+            post, post_var = self.product_of_experts(warped_maps, None, votes, log_prior=pi.log())
+            q = _flat(post)
+            log_f = E.class_log_density(values, q, cfg.appearance, cfg.bins, weights=w)
+            rec = E.expected_log_likelihood(log_f, q, w)
+            kl_z = E.kl_categorical(q, pi.log())
+            appearance = E.gaussian_class_fit(values, q, w)[0]
+        else:
+            wlv = spatial.warp(logvar, points, spacing, padding="border")
+            post, post_var = self.product_of_experts(warped_maps, wlv, votes)
+            m, s2 = _flat(post), _flat(post_var)
+            coef, noise = E.linear_gaussian_fit(m, s2, values, w)
+            rec = E.linear_gaussian_expected_log_likelihood(m, s2, values, coef, noise, w)
+            kl_z = E.kl_gaussian_standard(post, post_var.log())
+            appearance, pi = coef, None
+        kl_v = E.kl_geometry_delta(fld, spacing, cfg.lam)
+        terms = E.elbo_terms(rec, kl_z, kl_v, int(images.numel()))
+        return BIGROutput(field=fld, displacement=disp, points=points, representation=maps,
+                          warped_representation=warped_maps, posterior=post, warped=warped, appearance=appearance,
+                          terms=terms, posterior_var=post_var, prior=pi, history=history or [])
+
+    def forward(self, images: Tensor, spacing, *, field: Tensor | None = None) -> BIGROutput:
+        """Register a group and evaluate its MAP-ELBO.
+
+        Args:
+            images: ``[N, 1, *S]`` float, N >= 2 (any N).
             spacing: d floats (mm).
-            compute_elbo: also assemble the ELBO terms of eq. 9.
-            sample: draw z by reparameterisation (P variants); default = ``self.training``.
-            geometry: run inference step #1; False fixes every φ_j = id (used to pre-train the encoder on natively
-                aligned groups, and to show what the anatomy model alone explains).
+            field: optional ``[N, d, *S]`` geometry to use instead of inference step #1 (e.g. zeros = identity).
 
         Returns:
             :class:`BIGROutput`.
@@ -306,50 +312,50 @@ class BIGRLite(nn.Module):
         spacing = tuple(float(s) for s in spacing)
         if len(spacing) != cfg.dim:
             raise ValueError(f"spacing must hold {cfg.dim} values, got {spacing}")
-        sample = self.training if sample is None else sample
-        shape = tuple(images.shape[2:])
-        n = images.shape[0]
-        grid = spatial.identity_grid(shape, spacing, device=images.device, dtype=images.dtype)
-
         maps, logvar = self.represent(images)
-        if geometry:
-            fld, history = self.infer_geometry(maps, spacing)
+        if field is None:
+            fld, history = self.infer_geometry(maps, logvar, spacing)
         else:
-            fld, history = maps.new_zeros((n, cfg.dim) + shape), []
-        disp = self.field_to_displacement(fld, spacing)
-        points = grid + disp
-        inv_disp = self.field_to_displacement(fld, spacing, inverse=True)
-        inv_points = grid + inv_disp
-        warped_maps = spatial.warp(maps, points, spacing, padding="border")
-        votes = spatial.inside_fov(points, shape, spacing).to(images.dtype)
+            if field.shape != (images.shape[0], cfg.dim) + tuple(images.shape[2:]):
+                raise ValueError(f"field must be [N, {cfg.dim}, *S] = {(images.shape[0], cfg.dim, *images.shape[2:])},"
+                                 f" got {tuple(field.shape)}")
+            fld, history = field.to(images), []
+        return self.evaluate(images, spacing, fld, maps, logvar, history)
 
-        # inference step #2: product of experts
-        post_logvar = None
-        loo = cfg.cross_reconstruction
-        if cfg.categorical:
-            log_experts = torch.log(warped_maps.clamp_min(1e-6))
-            posterior = poe_categorical(log_experts, weights=votes)
-            kl_z = E.kl_categorical_uniform(posterior)
-            anatomy = leave_one_out_categorical(log_experts, votes) if loo else posterior
-        else:
-            warped_logvar = spatial.warp(logvar, points, spacing, padding="border")
-            posterior, post_logvar = poe_gaussian(warped_maps, warped_logvar, weights=votes)
-            kl_z = E.kl_gaussian_standard(posterior, post_logvar)
-            mean, lv = leave_one_out_gaussian(warped_maps, warped_logvar, votes) if loo else (posterior, post_logvar)
-            anatomy = mean + torch.randn_like(mean) * torch.exp(0.5 * lv) if sample else mean
+    def generate(self, anatomy: Tensor, field: Tensor, appearance: Tensor, spacing: tuple[float, ...]) -> Tensor:
+        """Mean image of p(u|z,v) for a given anatomy, geometry and appearance: û_j = E[f_j(z ∘ φ_j⁻¹)].
 
-        # generation: z_j = z ∘ φ_j⁻¹, then the pointwise imaging functional
-        z_img = spatial.warp(anatomy.expand(n, *anatomy.shape[1:]) if anatomy.shape[0] == 1 else anatomy,
-                             inv_points, spacing, padding="border")
-        appearance = self.fit_appearance(z_img, images)
-        recon = self.imaging_functional(z_img, appearance)
+        Args:
+            anatomy: ``[1|N, K, *S]`` z in the common space (C: class probabilities; P: features).
+            field: ``[N, d, *S]`` (mm); appearance: from :class:`BIGROutput`; spacing: d floats.
 
-        terms = None
-        if compute_elbo:
-            kl_v = E.kl_geometry_delta(fld, spacing, cfg.lam)
-            terms = E.elbo_terms(images, recon, kl_z, kl_v, beta_z=cfg.beta_z)
-        warped = spatial.warp(images, points, spacing, padding="zeros")
-        return BIGROutput(field=fld, displacement=disp, points=points, inverse_displacement=inv_disp,
-                          representation=maps, warped_representation=warped_maps, posterior=posterior,
-                          anatomy=anatomy, recon=recon, warped=warped, appearance=appearance, terms=terms,
-                          posterior_logvar=post_logvar, history=history)
+        Returns:
+            ``[N, 1, *S]`` (for C the class-mean intensities of f_jk are mixed by z).
+        """
+        n = field.shape[0]
+        grid = spatial.identity_grid(tuple(field.shape[2:]), spacing, device=field.device, dtype=field.dtype)
+        inv_points = grid + self.field_to_displacement(field, spacing, inverse=True)
+        z = anatomy.expand(n, *anatomy.shape[1:]) if anatomy.shape[0] == 1 else anatomy
+        z_img = spatial.warp(z, inv_points, spacing, padding="border")
+        if self.config.categorical:
+            return categorical_functional(z_img, appearance)
+        return linear_functional(z_img, appearance)
+
+
+def pair_agreement(maps: Tensor) -> float:
+    """Cross-sequence agreement of the experts: mean over image pairs i < j and over the classes present of the
+    Dice of their hard maps (argmax over K). ``[N, K, *S]`` -> float in [0, 1]."""
+    hard = maps.argmax(1)
+    n, k = maps.shape[:2]
+    scores = []
+    for i in range(n):
+        for j in range(i + 1, n):
+            dice = []
+            for c in range(k):
+                a, b = hard[i] == c, hard[j] == c
+                tot = int(a.sum() + b.sum())
+                if tot:
+                    dice.append(2 * float((a & b).sum()) / tot)
+            scores.append(sum(dice) / max(1, len(dice)))
+    return sum(scores) / max(1, len(scores))
+

@@ -8,6 +8,8 @@ can be processed.
 - :class:`StructuralEncoder` maps one image ``u_j`` to its structural representation in *image* space. It has no
   pooling and no strides (dilated 3×3 convolutions instead), so it is equivariant to integer translations away
   from the border — the numerical face of eq. 8 that the book shows.
+- :class:`UNetEncoder`: the same job with two poolings (a field of view of about 60 voxels), the lever that lets
+  one shared encoder give the same structure in bSSFP, LGE and T2 (issue 9's representation study).
 - :class:`RegistrationHead` compares a warped representation with the group-mean template and predicts a velocity
   (or displacement) increment. Its last layer starts at zero, so an untrained head predicts the identity.
 """
@@ -75,6 +77,44 @@ class StructuralEncoder(nn.Module):
             logits ``[N, K, *S]`` (categorical), or ``(mean [N, C, *S], logvar [N, C, *S])`` (Gaussian).
         """
         h = self.out(self.body(normalize_intensity(images)))
+        if not self.gaussian:
+            return h
+        mean, logvar = h.chunk(2, dim=1)
+        return mean, logvar.clamp(-8.0, 8.0)
+
+
+class UNetEncoder(nn.Module):
+    """Shared encoder with a large field of view: a two-pooling U-Net (same interface as
+    :class:`StructuralEncoder`). Pooling makes it equivariant only to shifts by multiples of 4 voxels; its receptive
+    field (about 60 voxels) lets it use the shape context that tells myocardium from blood pool in every sequence.
+
+    Args:
+        dim, channels, gaussian, width: as :class:`StructuralEncoder`.
+    """
+
+    def __init__(self, dim: int = 2, channels: int = 5, gaussian: bool = False, width: int = 16) -> None:
+        super().__init__()
+        conv = _conv(dim)
+        self.dim, self.channels, self.gaussian = dim, channels, gaussian
+        w = width
+        self.e1 = nn.Sequential(conv(1, w, 3, padding=1), nn.LeakyReLU(0.1), conv(w, w, 3, padding=1), nn.LeakyReLU(0.1))
+        self.e2 = nn.Sequential(conv(w, 2 * w, 3, padding=1), nn.LeakyReLU(0.1),
+                                conv(2 * w, 2 * w, 3, padding=1), nn.LeakyReLU(0.1))
+        self.e3 = nn.Sequential(conv(2 * w, 2 * w, 3, padding=2, dilation=2), nn.LeakyReLU(0.1),
+                                conv(2 * w, 2 * w, 3, padding=4, dilation=4), nn.LeakyReLU(0.1))
+        self.d2 = nn.Sequential(conv(4 * w, 2 * w, 3, padding=1), nn.LeakyReLU(0.1))
+        self.d1 = nn.Sequential(conv(3 * w, w, 3, padding=1), nn.LeakyReLU(0.1))
+        self.out = conv(w, channels * (2 if gaussian else 1), 1)
+
+    def forward(self, images: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        """``[N, 1, *S]`` -> logits ``[N, K, *S]`` or ``(mean, logvar)`` (S divisible by 4 is exact)."""
+        pool = F.avg_pool2d if self.dim == 2 else F.avg_pool3d
+        h1 = self.e1(normalize_intensity(images))
+        h2 = self.e2(pool(h1, 2, ceil_mode=True))
+        h3 = self.e3(pool(h2, 2, ceil_mode=True))
+        g2 = self.d2(torch.cat([RegistrationHead._up(h3, h2), h2], 1))
+        g1 = self.d1(torch.cat([RegistrationHead._up(g2, h1), h1], 1))
+        h = self.out(g1)
         if not self.gaussian:
             return h
         mean, logvar = h.chunk(2, dim=1)

@@ -75,34 +75,3 @@ def poe_gaussian(mean: Tensor, logvar: Tensor, weights: Tensor | None = None,
     total_precision = total_precision.clamp_min(1e-6)
     return weighted / total_precision, -torch.log(total_precision)
 
-
-def leave_one_out_categorical(log_probs: Tensor, weights: Tensor | None = None) -> Tensor:
-    """For every image j, the normalised product of the *other* N − 1 experts.
-
-    Args:
-        log_probs: ``[N, K, *S]``; weights: optional ``[N, 1, *S]``.
-
-    Returns:
-        ``[N, K, *S]``: row j = softmax(Σ_{i≠j} w_i log s̃_i).
-    """
-    w = _weights(weights, log_probs)
-    terms = log_probs if w is None else log_probs * w
-    return torch.softmax(terms.sum(0, keepdim=True) - terms, dim=1)
-
-
-def leave_one_out_gaussian(mean: Tensor, logvar: Tensor, weights: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """For every image j, the product of the other N − 1 Gaussian experts and the N(0, 1) prior expert.
-
-    Args:
-        mean, logvar: ``[N, C, *S]``; weights: optional ``[N, 1, *S]``.
-
-    Returns:
-        ``(mean [N, C, *S], logvar [N, C, *S])``.
-    """
-    w = _weights(weights, mean)
-    precision = torch.exp(-logvar)
-    if w is not None:
-        precision = precision * w
-    prec = precision.sum(0, keepdim=True) - precision + 1.0
-    weighted = (precision * mean).sum(0, keepdim=True) - precision * mean
-    return weighted / prec, -torch.log(prec)

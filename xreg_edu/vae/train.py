@@ -1,196 +1,229 @@
-"""Training loop and checkpoints of BIGR-lite (seeded, Adam, tqdm).
+"""Training of BIGR-lite on the MAP-ELBO of eq. 9 alone (seeded, Adam), checkpoints, pretrained weights.
 
 Our reconstruction, *inspired by* Luo et al. (arXiv 2401.02141); the papers give no training details, so every
-hyper-parameter here is ours (spec §9.2). The loss is the negative ELBO of eq. 9 (per voxel); labels are never used.
-Each step draws one real slice from the training patients, N ∈ ``group_sizes`` images of it (its modalities, repeated
-if N > 3) and a fresh random misalignment. Two stages (see :func:`train`): A = the encoder alone on natively aligned
-groups (plus random-contrast copies), B = the registration heads on misaligned groups, with the misalignment
-magnitude ramping up (a curriculum).
+hyper-parameter here is ours (spec §9.2). **No labels and no simulated ground-truth field enter any loss.**
 
-**Departure from a purely unsupervised model (read this before you reuse the weights).** The committed weights were
-trained with an *optional auxiliary term* that is not part of eq. 9: ``field_supervision`` × the mean squared error
-between the estimated velocity and the simulated one (the training groups are misaligned by us, so the correction is
-known; no labels are involved). With the ELBO alone (``field_supervision=0``) our small model improves Dice on large
-groups (N ≥ 10) but not on the three-modality groups (N = 3): its encoder does not learn the same structure for
-bSSFP, LGE and T2 in a few minutes of CPU training, and the heads then align mismatched structures. See
-``xreg_edu/weights/README.md`` for the numbers of both.
+Two stages (:func:`train`):
 
-Checkpoint = ``torch.save({"format": ..., "config": BIGRConfig dict, "state_dict": ..., "train": {...}})``.
-Loading with a config that differs from the stored one raises a ``ValueError`` naming every differing field.
+- **A, unsupervised warm start (declared).** The encoder is distilled towards X-CoReg's EM posterior of natively
+  aligned *training* slices (:mod:`xreg_edu.vae.teacher`; class order made consistent by Hungarian matching of
+  intensity profiles). Contrast augmentation replaces a member's image in place by a random monotone remap of itself
+  (never an extra member).
+- **B, registration.** The encoder is frozen (default) and the heads minimise the negative MAP-ELBO per voxel on
+  misaligned training groups (random SVF misalignment, magnitude ramped up over the first 30 % of stage B).
 
-Command line (the exact command of every committed weight file is in ``xreg_edu/weights/README.md``)::
+Data parallel: ``torchrun --standalone --nproc_per_node=2 -m xreg_edu.vae.train ...`` trains with
+DistributedDataParallel (gloo on CPU, NCCL on CUDA, :mod:`xreg_edu.vae.distributed`). Every rank draws the same
+seeded global batch of ``batch`` groups and takes its contiguous share; the loss is the mean over the local groups,
+and DDP averages the gradients, so the trajectory equals the single-process run with the same global batch. This is
+the way to train on full datasets.
 
-    python -m xreg_edu.vae.train --variant CD --steps 2000 --seed 0 --warmup 0.4,0.6 --joint \\
-        --field-supervision 0.05 --out xreg_edu/weights/bigr_lite_cd.pt
+Command line (the exact command of every committed weight file is in its JSON)::
+
+    python -m xreg_edu.vae.train --variant CD --out xreg_edu/weights/bigr_lite_cd.pt
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 import time
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from .._env import is_quick
-from .data import MISALIGNMENT, GroupSampler, split_slices
-from .model import BIGRConfig, BIGRLite
+from . import distributed as dist
+from .data import MISALIGNMENT, GroupSampler, intensity_remap, split_slices
+from .model import BIGRConfig, BIGRLite, pair_agreement
+from .teacher import distillation_loss, teacher_posteriors
+from .weights import load_weights, save_weights
 
-FORMAT = "xreg_edu.vae/bigr-lite-v1"
+FORMAT = "xreg_edu.vae/bigr-lite-v2"
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+#: the loss of every shipped weight file, stated in its JSON
+OBJECTIVE = ("stage A: mean cross-entropy of each image's expert against X-CoReg's EM posterior of its natively "
+             "aligned training slice (unsupervised teacher, K classes, Hungarian-matched class order); stage B: "
+             "negative MAP-ELBO of eq. 9 per voxel (exact expected log-likelihood, closed-form f_jk, "
+             "class-proportion prior, smoothness prior lam), encoder frozen. No labels, no simulated field.")
 
 
 def quick_mode() -> bool:
-    """True when the env var ``XREG_EDU_QUICK=1`` asks for shrunken iteration counts."""
+    """True when ``XREG_EDU_QUICK=1`` asks for shrunken iteration counts."""
     return is_quick()
 
 
-def train(config: BIGRConfig | None = None, *, dataset: str = "myops_cmr", steps: int = 600, lr: float = 3e-3,
-          seed: int = 0, size: int = 64, group_sizes=(3, 4), misalignment: dict | None = None,
-          warmup: tuple[float, float] = (0.4, 0.7), progress: bool = True, out: str | Path | None = None, slices=None,
-          callback=None, freeze_encoder: bool = True, augment: int = 3, field_supervision: float = 0.0,
-          quick_steps: int = 150) -> tuple[BIGRLite, list[dict]]:
-    """Train BIGR-lite on misaligned real groups, in two stages.
+def augment_in_place(images: Tensor, generator: torch.Generator, prob: float) -> Tensor:
+    """Replace each member, with probability ``prob``, by a random monotone remap of itself (same anatomy)."""
+    out = images.clone()
+    for j in range(len(images)):
+        if float(torch.rand(1, generator=generator)) < prob:
+            out[j:j + 1] = intensity_remap(images[j:j + 1], generator)
+    return out
 
-    Stage A (steps before ``warmup[0]``): anatomy only. φ_j = id, natively aligned groups, and only the encoder is
-    updated; each group also gets ``augment`` copies of its images through random intensity maps
-    (:func:`~xreg_edu.vae.data.intensity_remap`), so that the shared encoder learns structure that does not depend on
-    the contrast. Stage B: the encoder is frozen (``freeze_encoder``) and the registration heads learn on misaligned
-    groups; the misalignment magnitude grows linearly from 0 at ``warmup[0]`` to its full value at ``warmup[1]``.
-    Both stages minimise the negative ELBO of eq. 9 per voxel (labels are never used).
+
+
+def agreement(model: BIGRLite, slices) -> float:
+    """Mean cross-sequence pair agreement (:func:`~xreg_edu.vae.model.pair_agreement`) of the experts on aligned
+    slices (e.g. the validation or test patients)."""
+    model.eval()
+    with torch.no_grad():
+        return sum(pair_agreement(model.represent(s.images)[0]) for s in slices) / len(slices)
+
+
+def train(config: BIGRConfig | None = None, *, dataset: str = "myops_cmr", distill_steps: int = 600,
+          steps: int = 600, batch: int = 2, lr: float = 3e-3, seed: int = 0, size: int = 64,
+          group_sizes=(3,), misalignment: dict | None = None, ramp: float = 0.3, augment: float = 0.3,
+          freeze_encoder: bool = True, slices=None, teacher=None, progress: bool = True, callback=None,
+          quick_steps: int = 60, device=None, encoder_state: dict | None = None) -> tuple[BIGRLite, list[dict]]:
+    """Train BIGR-lite: stage A (distil the teacher into the encoder), stage B (heads on the MAP-ELBO).
 
     Args:
         config: model configuration (default :class:`BIGRConfig`).
-        dataset: registry dataset for :func:`~xreg_edu.vae.data.split_slices` (ignored if ``slices`` is given).
-        steps: optimiser steps (one group each); quick mode (``XREG_EDU_QUICK=1``) caps it at ``quick_steps``.
+        dataset: registry dataset (train part of :func:`~xreg_edu.vae.data.patient_split`) unless ``slices``.
+        distill_steps: stage-A steps (0 = no warm start); steps: stage-B steps. Quick mode caps both.
+        batch: global batch (groups per step), split across the DDP ranks.
         lr: Adam learning rate.
-        seed: seeds the weights and the group stream (same seed -> same model).
-        size: image size (pixels per side).
-        group_sizes: the N drawn per step.
+        seed: seeds the weights and the group stream (same seed -> same model, on any number of ranks).
+        size: image size; group_sizes: the N drawn in stage B.
         misalignment: keywords of :func:`xreg_edu.simulate.misalign` (default :data:`~xreg_edu.vae.data.MISALIGNMENT`).
-        warmup: ``(start, end)`` as fractions of the steps: stage A before ``start``; the misalignment reaches its
-            full magnitude at ``end``.
-        progress: tqdm bar.
-        out: optional checkpoint path written at the end.
-        slices: optional list of aligned training slices (ImageGroup) instead of the dataset's train split.
-        callback: optional ``f(step, terms_dict)``.
-        freeze_encoder: keep the encoder fixed in stage B (joint training lets the encoder and the heads co-adapt
-            to fields that reconstruct each image better than the true alignment does).
-        augment: maximum number of intensity-remapped copies added to a group in stage A (0 = none).
-        field_supervision: weight of an *optional, non-ELBO* auxiliary term, the mean squared error (mm²) between
-            the estimated field and the simulated correction (−v for SVF misalignment; no labels). 0 = purely
-            unsupervised (the default, as in the papers).
-        quick_steps: step cap in quick mode.
+        ramp: fraction of stage B over which the misalignment magnitude grows from 0 to full.
+        augment: probability of the in-place contrast remap of a member (stage A).
+        freeze_encoder: keep the encoder fixed in stage B.
+        slices: aligned training slices (ImageGroup list) instead of the dataset's train part.
+        teacher: optional precomputed ``[K, *S]`` teacher posteriors, one per slice.
+        progress: tqdm bar (rank 0); callback: optional ``f(step, record)``.
+        quick_steps: cap of each stage in quick mode.
+        device: training device (default: CUDA if available; DDP: ``cuda:LOCAL_RANK``).
+        encoder_state: optional encoder weights to start from (e.g. a committed stage-A encoder, then
+            ``distill_steps=0``).
 
     Returns:
-        ``(model in eval mode, history)``; history = one dict per step (elbo and its terms per voxel, N, stage,
-        seconds).
+        ``(model in eval mode, history)``: one dict per step (stage, loss, ELBO terms per voxel, seconds).
     """
     from tqdm.auto import tqdm
 
-    from .data import intensity_remap
-
     cfg = config or BIGRConfig()
     if quick_mode():
-        steps = min(steps, quick_steps)
-    torch.set_flush_denormal(True)  # tiny probabilities/gradients otherwise slow the CPU down
-    torch.manual_seed(seed)
-    model = BIGRLite(cfg)
-    model.train()
-    if slices is None:
-        slices, _ = split_slices(dataset, size)
-    mis = dict(MISALIGNMENT if misalignment is None else misalignment)
-    full = float(mis.get("magnitude_mm", 5.0))
-    if field_supervision and mis.get("kind", "svf") != "svf":
-        raise ValueError("field_supervision needs an SVF misalignment (its correction is the negated velocity)")
-    sampler = GroupSampler(slices, group_sizes, seed=seed, misalignment=mis)
-    start, end = warmup
-    stage_a = int(round(start * steps))
-    opt = torch.optim.Adam(model.encoder.parameters() if stage_a > 0 else model.parameters(), lr=lr)
-    history, t0 = [], time.perf_counter()
-    bar = tqdm(range(steps), disable=not progress, desc=f"BIGR-lite {cfg.variant}")
-    for step in bar:
-        if step == stage_a and stage_a > 0:  # stage B: registration heads (encoder frozen)
-            if freeze_encoder:
-                for p in model.encoder.parameters():
-                    p.requires_grad_(False)
-            opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-        in_a = step < stage_a
-        ramp = min(1.0, max(0.0, (step / max(1, steps) - start) / max(1e-6, end - start)))
-        sampler.misalignment = {**mis, "magnitude_mm": full * ramp}
-        group, truth = sampler()
-        images = group.images
-        if in_a and augment > 0:
-            n_extra = int(torch.randint(1, augment + 1, (1,), generator=sampler.generator))
-            pick = torch.randint(len(group), (n_extra,), generator=sampler.generator)
-            images = torch.cat([images, intensity_remap(images[pick], sampler.generator)])
-        result = model(images, group.spacing, geometry=not in_a)
-        loss = result.terms.loss()
-        if field_supervision and not in_a:
-            loss = loss + field_supervision * (result.field + truth.params.to(result.field)).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        rec = {"step": step, "n": len(images), "stage": "A" if in_a else "B", "seconds": time.perf_counter() - t0,
-               **result.terms.as_dict()}
-        history.append(rec)
-        if progress and step % 10 == 0:
-            bar.set_postfix(elbo=f"{rec['elbo']:.3f}", stage=rec["stage"])
-        if callback is not None:
-            callback(step, rec)
+        distill_steps, steps = min(distill_steps, quick_steps), min(steps, quick_steps)
+    torch.set_flush_denormal(True)
+    with dist.session(device) as ctx:
+        torch.manual_seed(seed)
+        model = BIGRLite(cfg)
+        if encoder_state is not None:
+            model.encoder.load_state_dict(encoder_state)
+        model = model.to(ctx.device)
+        if slices is None:
+            slices = split_slices(dataset, size, "train")
+        if teacher is None and distill_steps > 0:
+            teacher, _ = teacher_posteriors(slices, k=cfg.channels, bins=cfg.bins, seed=seed)
+        gen = torch.Generator().manual_seed(seed)
+        history, t0 = [], time.perf_counter()
+        bar = tqdm(total=distill_steps + steps, disable=not (progress and ctx.is_main), desc=f"BIGR-lite {cfg.variant}")
+
+        # stage A: distil the EM teacher into the encoder (aligned slices, in-place contrast augmentation)
+        model.train()
+        enc = dist.wrap_model(model.encoder, ctx)
+        opt = torch.optim.Adam(enc.parameters(), lr=lr)
+        for step in range(distill_steps):
+            picks = [int(torch.randint(len(slices), (1,), generator=gen)) for _ in range(batch)]
+            augs = [augment_in_place(slices[i].images, gen, augment) for i in picks]
+            local = dist.shard(list(zip(picks, augs)), ctx)
+            loss = 0.0
+            for i, imgs in local:
+                out = enc(imgs.to(ctx.device))
+                logits = out if cfg.categorical else out[0]
+                loss = loss + distillation_loss(logits, teacher[i].to(ctx.device)) / len(local)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            rec = {"step": step, "stage": "A", "loss": dist.reduce_mean(loss, ctx), "seconds": time.perf_counter() - t0}
+            history.append(rec)
+            bar.update(1)
+            if callback is not None:
+                callback(step, rec)
+
+        # stage B: registration heads on the MAP-ELBO alone
+        del enc, opt  # the stage-A DDP wrapper must not see stage-B gradients
+        if freeze_encoder:
+            for p in model.encoder.parameters():
+                p.requires_grad_(False)
+        net = dist.wrap_model(model, ctx)
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+        mis = dict(MISALIGNMENT if misalignment is None else misalignment)
+        full = float(mis.get("magnitude_mm", 15.0))
+        sampler = GroupSampler(slices, group_sizes, seed=seed + 1, misalignment=mis)
+        for step in range(steps):
+            frac = min(1.0, step / max(1.0, ramp * steps)) if ramp > 0 else 1.0
+            sampler.misalignment = {**mis, "magnitude_mm": full * frac}
+            groups = [sampler()[0] for _ in range(batch)]
+            local = dist.shard(groups, ctx)
+            loss, terms = 0.0, []
+            for g in local:
+                out = net(g.images.to(ctx.device), g.spacing)
+                loss = loss + out.terms.loss() / len(local)
+                terms.append(out.terms.as_dict())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            rec = {"step": distill_steps + step, "stage": "B", "loss": dist.reduce_mean(loss, ctx),
+                   **{k: sum(t[k] for t in terms) / len(terms) for k in terms[0]},
+                   "seconds": time.perf_counter() - t0}
+            history.append(rec)
+            bar.update(1)
+            if progress and ctx.is_main and step % 10 == 0:
+                bar.set_postfix(elbo=f"{rec['elbo']:.4f}")
+            if callback is not None:
+                callback(distill_steps + step, rec)
+        bar.close()
+        model = dist.unwrap(net)
     for p in model.parameters():
         p.requires_grad_(True)
     model.eval()
-    if out is not None:
-        save_checkpoint(model, out, train_info={"dataset": dataset, "steps": steps, "lr": lr, "seed": seed,
-                                                "size": size, "group_sizes": list(group_sizes),
-                                                "misalignment": mis, "warmup": list(warmup),
-                                                "freeze_encoder": freeze_encoder, "augment": augment,
-                                                "field_supervision": field_supervision,
-                                                "seconds": time.perf_counter() - t0,
-                                                "final_elbo": history[-1]["elbo"] if history else None})
-    return model, history
+    model.train_info = {"dataset": dataset, "distill_steps": distill_steps, "steps": steps, "batch": batch, "lr": lr,
+                        "seed": seed, "size": size, "group_sizes": list(group_sizes), "misalignment": mis,
+                        "ramp": ramp, "augment": augment, "freeze_encoder": freeze_encoder,
+                        "world_size": ctx.world_size, "seconds": time.perf_counter() - t0,
+                        "final_loss": history[-1]["loss"] if history else None}
+    return model.cpu(), history
 
 
-def save_checkpoint(model: BIGRLite, path: str | Path, train_info: dict | None = None) -> Path:
-    """``torch.save`` of the state dict plus the config dict (and how it was trained)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"format": FORMAT, "config": model.config.to_dict(), "state_dict": state,
-                "train": train_info or {}}, path)
-    return path
+def save_checkpoint(model: BIGRLite, path: str | Path, meta: dict | None = None) -> Path:
+    """Weights + JSON sidecar (:func:`~xreg_edu.vae.weights.save_weights`); ``meta`` adds e.g. held-out numbers."""
+    meta = dict(meta or {})
+    meta.setdefault("command", "(not from the command line)")
+    info = getattr(model, "train_info", {})
+    return save_weights(model.state_dict(), path, {"format": FORMAT, **meta, "config": model.config.to_dict(),
+                                                    "train": {**info, **meta.get("train", {})}})
 
 
 def _config_diff(stored: dict, wanted: dict) -> list[str]:
     diffs = []
     for key in sorted(set(stored) | set(wanted)):
         a, b = stored.get(key, "<missing>"), wanted.get(key, "<missing>")
-        if isinstance(a, tuple):
-            a = list(a)
-        if isinstance(b, tuple):
-            b = list(b)
+        a, b = (list(a) if isinstance(a, tuple) else a), (list(b) if isinstance(b, tuple) else b)
         if a != b:
             diffs.append(f"{key}: checkpoint has {a!r}, requested {b!r}")
     return diffs
 
 
 def load_checkpoint(path: str | Path, config: BIGRConfig | dict | None = None, map_location="cpu") -> BIGRLite:
-    """Rebuild a model from a checkpoint.
+    """Rebuild a model from weights written by :func:`save_checkpoint` (sha256 checked first).
 
     Args:
-        path: file written by :func:`save_checkpoint`.
-        config: optional expected configuration; if it differs from the stored one a ``ValueError`` lists the
-            differing fields (instead of a cryptic state-dict size mismatch).
-        map_location: passed to ``torch.load``.
+        path: ``.pt`` file with its ``.json`` sidecar.
+        config: optional expected configuration; a difference is a ``ValueError`` naming every differing field.
 
     Returns:
-        model in eval mode.
+        model in eval mode, with ``train_info`` and ``meta`` (the sidecar) attached.
     """
-    ckpt = torch.load(Path(path), map_location=map_location, weights_only=True)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a BIGR-lite checkpoint (expected format {FORMAT!r})")
-    stored = BIGRConfig.from_dict(ckpt["config"])
+    state, meta = load_weights(path, map_location)
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a BIGR-lite v2 checkpoint (format {meta.get('format')!r}, expected "
+                         f"{FORMAT!r}); retrain it with: {meta.get('command')}")
+    stored = BIGRConfig.from_dict(meta["config"])
     if config is not None:
         wanted = config if isinstance(config, BIGRConfig) else BIGRConfig.from_dict({**stored.to_dict(), **config})
         diffs = _config_diff(stored.to_dict(), wanted.to_dict())
@@ -198,75 +231,92 @@ def load_checkpoint(path: str | Path, config: BIGRConfig | dict | None = None, m
             raise ValueError(f"checkpoint {Path(path).name} was trained with a different config: " + "; ".join(diffs))
     model = BIGRLite(stored)
     try:
-        model.load_state_dict(ckpt["state_dict"])
+        model.load_state_dict(state)
     except RuntimeError as err:
         raise ValueError(f"checkpoint {Path(path).name} does not match its own config {stored}: {err}") from err
     model.eval()
-    model.train_info = ckpt.get("train", {})
+    model.train_info, model.meta = meta.get("train", {}), meta
     return model
 
 
-def pretrained_path(variant: str = "CD", dataset: str = "myops_cmr") -> Path:
+def pretrained_path(variant: str = "CD") -> Path:
     """Path of a committed weight file, e.g. ``xreg_edu/weights/bigr_lite_cd.pt``."""
-    name = f"bigr_lite_{variant.lower()}.pt" if dataset == "myops_cmr" else f"bigr_lite_{variant.lower()}_{dataset}.pt"
-    path = WEIGHTS_DIR / name
+    path = WEIGHTS_DIR / f"bigr_lite_{variant.lower()}.pt"
     if not path.exists():
-        have = sorted(p.name for p in WEIGHTS_DIR.glob("*.pt"))
-        raise FileNotFoundError(f"no pretrained weights {name}; available: {have}")
+        have = sorted(p.name for p in WEIGHTS_DIR.glob("bigr_lite_*.pt"))
+        raise FileNotFoundError(f"no pretrained weights {path.name}; available: {have}")
     return path
 
 
-def load_pretrained(variant: str = "CD", dataset: str = "myops_cmr") -> BIGRLite:
-    """The committed pretrained model (see ``xreg_edu/weights/README.md`` for how it was made)."""
-    return load_checkpoint(pretrained_path(variant, dataset))
+def load_pretrained(variant: str = "CD") -> BIGRLite:
+    """The committed pretrained model (its JSON says exactly how it was made and what it scores)."""
+    return load_checkpoint(pretrained_path(variant))
+
+
+def heldout_numbers(model: BIGRLite, n_groups: int | None = None) -> dict:
+    """Dice before/after on the shared held-out groups (:func:`~xreg_edu.vae.data.heldout_groups`) and the
+    experts' pair agreement on the aligned test slices."""
+    from ..evaluate import group_dice
+    from .data import HELDOUT, heldout_groups
+    from .inference import register
+
+    groups = heldout_groups(n_groups=n_groups)
+    before = [float(group_dice(g.labels)) for g, _ in groups]
+    after = [float(group_dice(register(model, g).warped_labels)) for g, _ in groups]
+    test = split_slices(HELDOUT["dataset"], HELDOUT["size"], "test")
+    return {"protocol": {**HELDOUT, "groups": len(groups), "function": "xreg_edu.vae.data.heldout_groups"},
+            "dice_none": sum(before) / len(before), "dice": sum(after) / len(after),
+            "agreement_test": agreement(model, test)}
 
 
 def main(argv=None) -> None:
-    """``python -m xreg_edu.vae.train ...`` (see the module docstring)."""
-    p = argparse.ArgumentParser(description="Train BIGR-lite (hierarchical VAE for groupwise registration)")
+    """``python -m xreg_edu.vae.train ...`` (also under ``torchrun``)."""
+    p = argparse.ArgumentParser(description="Train BIGR-lite on the MAP-ELBO (hierarchical VAE, groupwise registration)")
     p.add_argument("--dataset", default="myops_cmr")
     p.add_argument("--variant", default="CD", choices=["CD", "CN", "PD", "PN"])
+    p.add_argument("--distill-steps", type=int, default=600)
     p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--batch", type=int, default=2, help="global batch (groups per step), split across ranks")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--channels", type=int, default=None)
-    p.add_argument("--levels", default=None, help="comma-separated downsampling factors, e.g. 16,8")
+    p.add_argument("--encoder", default=None, choices=["unet", "dilated"])
+    p.add_argument("--appearance", default=None, choices=["parzen", "gaussian"])
     p.add_argument("--lam", type=float, default=None, help="precision of the smoothness prior p(v)")
     p.add_argument("--magnitude", type=float, default=None, help="misalignment magnitude (mm)")
-    p.add_argument("--warmup", default="0.4,0.7", help="stage-A end and full-misalignment point (fractions)")
-    p.add_argument("--augment", type=int, default=3, help="intensity-remapped copies per group in stage A")
-    p.add_argument("--beta-z", type=float, default=None, help="weight of the anatomy KL (1 = the ELBO)")
-    p.add_argument("--max-step", type=float, default=None, help="bound on one field increment (mm)")
-    p.add_argument("--template", default=None, choices=["mean", "others"])
     p.add_argument("--joint", action="store_true", help="keep training the encoder in stage B")
-    p.add_argument("--field-supervision", type=float, default=0.0,
-                   help="weight of the optional non-ELBO simulated-field term (0 = unsupervised)")
+    p.add_argument("--device", default=None)
     p.add_argument("--out", default=None)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for these small nets)")
+    p.add_argument("--eval", action="store_true", help="record the held-out numbers in the JSON (rank 0)")
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     overrides = {"variant": a.variant}
-    if a.channels is not None:
-        overrides["channels"] = a.channels
-    if a.levels is not None:
-        overrides["levels"] = tuple(int(f) for f in a.levels.split(","))
-    if a.lam is not None:
-        overrides["lam"] = a.lam
-    if a.beta_z is not None:
-        overrides["beta_z"] = a.beta_z
-    if a.max_step is not None:
-        overrides["max_step_mm"] = a.max_step
-    if a.template is not None:
-        overrides["template"] = a.template
+    for key in ("channels", "encoder", "appearance", "lam"):
+        if getattr(a, key) is not None:
+            overrides[key] = getattr(a, key)
     mis = None if a.magnitude is None else {**MISALIGNMENT, "magnitude_mm": a.magnitude}
-    cfg = BIGRConfig(**overrides)
     torch.set_num_threads(max(1, a.threads))
-    model, hist = train(cfg, dataset=a.dataset, steps=a.steps, lr=a.lr, seed=a.seed, size=a.size,
-                        progress=not a.no_progress, out=a.out, misalignment=mis,
-                        warmup=tuple(float(f) for f in a.warmup.split(",")), augment=a.augment,
-                        freeze_encoder=not a.joint, field_supervision=a.field_supervision)
-    print(json.dumps({"variant": a.variant, "steps": len(hist), "final": hist[-1] if hist else None}, indent=1))
+    model, hist = train(BIGRConfig(**overrides), dataset=a.dataset, distill_steps=a.distill_steps, steps=a.steps,
+                        batch=a.batch, lr=a.lr, seed=a.seed, size=a.size, misalignment=mis,
+                        freeze_encoder=not a.joint, progress=not a.no_progress, device=a.device)
+    if not dist.launched_by_torchrun() or int(__import__("os").environ.get("RANK", "0")) == 0:
+        val = split_slices(a.dataset, a.size, "val")
+        meta = {"command": "python -m xreg_edu.vae.train " + " ".join(shlex.quote(x) for x in
+                                                                      (sys.argv[1:] if argv is None else argv)),
+                "objective": OBJECTIVE, "supervised_terms": [],
+                "environment": f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
+                               f"world size {model.train_info['world_size']}",
+                "agreement_val": agreement(model, val),
+                "loss_curve": [round(h["loss"], 5) for h in hist[:: max(1, len(hist) // 50)]]}
+        if a.eval:
+            meta["held_out"] = heldout_numbers(model)
+        if a.out:
+            save_checkpoint(model, a.out, meta)
+        print(json.dumps({"variant": a.variant, "steps": len(hist), "seconds": model.train_info["seconds"],
+                          **{k: meta[k] for k in ("agreement_val",)}, **({"held_out": meta["held_out"]}
+                                                                          if a.eval else {})}, indent=1))
 
 
 if __name__ == "__main__":
