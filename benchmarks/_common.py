@@ -214,3 +214,14 @@ def resample(group, spacing: float, pad_mm: float = 0.0):
         lab = F.pad(F.interpolate(group.labels.float(), size=shape, mode="nearest").long(), (p,) * 6)
     return replace(group, images=img, labels=lab, spacing=tuple(e / n for e, n in zip(extent, shape)),
                    affines=None)
+
+
+def finish(name: str, out: dict, plot, threads: int, t_start: float) -> Path:
+    """Record the machine at the end and the wall time, write the JSON first (a plotting error must not lose the
+    numbers), then JSON + PNG; print where."""
+    out["machine_end"] = machine(threads)
+    out["total_wall_s"] = time.time() - t_start
+    write(name, out)
+    path = write(name, out, plot(out))
+    print(f"wrote {path} and .png in {out['total_wall_s']:.0f} s")
+    return path

@@ -97,11 +97,7 @@ def main(argv=None) -> int:
     out["brats"] = brats
     if "brainweb" in parts:
         out["brainweb_inter"] = inter_subject(args, kw)
-    out["machine_end"] = C.machine(args.threads)
-    out["total_wall_s"] = time.time() - t_start
-    C.write(args.name, out)  # the numbers first: a plotting error must not lose them
-    path = C.write(args.name, out, plot(out))
-    print(f"wrote {path} and .png in {out['total_wall_s']:.0f} s")
+    C.finish(args.name, out, plot, args.threads, t_start)
     return 0
 
 

@@ -98,11 +98,7 @@ def main(argv=None) -> int:
         print(f"cine slice {s}: ref {res['ref_frame']} TV {c.get('tv_before', float('nan')):.4f} -> "
               f"{c.get('tv_after', float('nan')):.4f}", flush=True)
     out["cine"] = cine
-    out["machine_end"] = C.machine(args.threads)
-    out["total_wall_s"] = time.time() - t_start
-    C.write(args.name, out)  # the numbers first: a plotting error must not lose them
-    path = C.write(args.name, out, plot(out))
-    print(f"wrote {path} and .png in {out['total_wall_s']:.0f} s")
+    C.finish(args.name, out, plot, args.threads, t_start)
     return 0
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from xreg_edu.vae.weights import load_weights, meta_path, save_weights, sha256_file
+from xreg_edu._files import file_sha256
+from xreg_edu.vae.weights import load_weights, meta_path, save_weights
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "xreg_edu" / "weights"
 
@@ -27,7 +28,7 @@ def test_round_trip_and_sidecar(saved):
     state, path = saved
     loaded, meta = load_weights(path)
     assert set(loaded) == set(state) and all(torch.equal(loaded[k], state[k]) for k in state)
-    assert meta["sha256"] == sha256_file(path) and meta["bytes"] == os.path.getsize(path)
+    assert meta["sha256"] == file_sha256(path) and meta["bytes"] == os.path.getsize(path)
     assert meta["command"] == "python -m x --seed 0" and meta["held_out"] == {"dice": [0.7, 0.8]}
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temporary files left
 

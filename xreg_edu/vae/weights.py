@@ -7,26 +7,16 @@ foreign file is a clear error naming the file and the fix, never silently wrong 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 import torch
 
-from .._files import atomic_path
+from .._files import atomic_path, file_sha256
 
 #: keys every weights JSON must hold
 REQUIRED_META = ("sha256", "bytes", "command", "config")
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def meta_path(path: str | os.PathLike) -> Path:
@@ -56,7 +46,7 @@ def save_weights(state_dict: dict, path: str | os.PathLike, meta: dict) -> Path:
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
         os.chmod(tmp, 0o644)
-        digest, size = sha256_file(tmp), os.path.getsize(tmp)
+        digest, size = file_sha256(tmp), os.path.getsize(tmp)
         record = {"file": path.name, **meta, "sha256": digest, "bytes": size}
         text = json.dumps(record, indent=1)  # fails before the .pt is renamed if meta is not JSON-able
         with atomic_path(meta_path(path)) as jtmp:
@@ -106,7 +96,7 @@ def load_weights(path: str | os.PathLike, map_location="cpu") -> tuple[dict, dic
     if size != int(meta["bytes"]):
         raise ValueError(f"weights {path} have {size} bytes but {meta_path(path).name} records {meta['bytes']} "
                          f"(truncated or empty?): {fix}")
-    digest = sha256_file(path)
+    digest = file_sha256(path)
     if digest != meta["sha256"]:
         raise ValueError(f"sha256 of weights {path} is {digest[:16]}…, {meta_path(path).name} records "
                          f"{str(meta['sha256'])[:16]}…: {fix}")
