@@ -350,30 +350,6 @@ def test_overlap_collapse_restarts_then_stops_with_warnings(brain48):
     assert r.warnings == []
 
 
-def test_flat_objective_does_not_move_the_transforms(brain80):
-    """A uniform posterior is a fixed point of EM: the X-metric is exactly flat (gradient = float32 rounding noise,
-    ~1e-9). The transforms must stay where the first step left them (they drifted 15.5 mm with Adam's eps = 1e-8)."""
-    g, _ = brain80
-    obs, _ = misalign(g, "rigid", seed=5, **RIGID)
-    flat = ObjectiveOptions(init_posterior=torch.ones(4, *g.shape))
-    runs = [register_group(obs, objective=flat, schedule=ScheduleOptions(iterations=it),
-                           convergence=ConvergenceOptions(tol=0.0)) for it in (1, 80)]
-    assert max(abs(h) for h in runs[1].history) < 1e-5                     # zero loss throughout
-    assert float((runs[1].points - runs[0].points).abs().max()) < 0.5      # mm
-
-
-def test_outlier_voxel_cannot_take_the_bins(brain80):
-    """One voxel of 1e4 in a [0, 1] image (issue 13 item 8): the robust (quantile) histogram range keeps the result
-    at the clean one (raw min/max bins gave 11.3 mm)."""
-    g, fg = brain80
-    obs, mis = misalign(g, "rigid", seed=1, **RIGID)
-    bad = obs.images.clone()
-    bad[0, 0, 40, 40] = 1e4
-    clean = _gre(register_group(obs), mis, fg)
-    dirty = _gre(register_group(replace(obs, images=bad)), mis, fg)
-    assert clean < 0.5 and dirty < clean + 0.2, (clean, dirty)
-
-
 def test_talk_scale_3d_group_does_not_degenerate():
     """BrainWeb-like open_ms T1/T2/FLAIR at 8 mm, +-30 deg / +-30 mm, the seed that ended worse than the start
     (36.6 mm from 33.1 mm) before the centroid initialisation; now it registers."""

@@ -205,6 +205,37 @@ CASES += [
 ]
 
 
+# ---- VAE weights (issue 13 item 7): the sha256 recorded beside each file is checked before torch.load ----
+def _shipped_weights_copy(ctx, damage):
+    """A copy of the shipped BIGR-lite CD weights (+ JSON) in ctx.tmp with ``damage(bytes) -> bytes`` applied."""
+    from xreg_edu.vae.train import pretrained_path
+    src = pretrained_path("CD")
+    dest = ctx.tmp / src.name
+    dest.write_bytes(damage(src.read_bytes()))
+    (ctx.tmp / src.with_suffix(".json").name).write_bytes(src.with_suffix(".json").read_bytes())
+    return dest
+
+
+def _flip64(b: bytes) -> bytes:
+    mid = len(b) // 2
+    return b[:mid] + bytes(x ^ 0xFF for x in b[mid:mid + 64]) + b[mid + 64:]
+
+
+def _load_damaged(damage):
+    from xreg_edu.vae.weights import load_weights
+    return lambda ctx: load_weights(_shipped_weights_copy(ctx, damage))
+
+
+CASES += [
+    pytest.param(_load_damaged(_flip64), ValueError, r"sha256 of weights .* records", id="item7-weights-64-flipped-bytes"),
+    pytest.param(_load_damaged(lambda b: b[: len(b) // 3]), ValueError, r"have \d+ bytes but .* records",
+                 id="item7-weights-truncated"),
+    pytest.param(_load_damaged(lambda b: b""), ValueError, r"have 0 bytes but .* records", id="item7-weights-empty"),
+    pytest.param(_load_damaged(lambda b: os.urandom(len(b))), ValueError, r"sha256 of weights .* records",
+                 id="item7-weights-random-bytes"),
+]
+
+
 @pytest.mark.parametrize("call, error, message", CASES)
 def test_hostile_input_gives_a_clear_error(call, error, message, tmp_path, monkeypatch):
     ctx = types.SimpleNamespace(tmp=tmp_path, monkeypatch=monkeypatch)
@@ -596,3 +627,29 @@ def test_item2_output_filled_during_the_run_is_not_replaced(files, tmp_path, mon
     assert main(["register", *_group(files), "-o", str(out), *_FAST, "--no-png"]) == 2
     assert "is not empty" in capsys.readouterr().err
     assert _listing(out) == {"warped_other.nii.gz": b"another run"} and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+# ---- engine: histogram range and flat objective (issue 13 items 8 and 10) ----
+def test_item8_one_outlier_voxel_cannot_take_the_bins(_brain):
+    """One voxel of 1e4 in a [0, 1] image: raw min/max bins gave gRE 11.3 mm; the robust (quantile) histogram range
+    keeps the result at the clean one."""
+    obs, mis, fg = _brain
+    bad = obs.images.clone()
+    bad[0, 0, 24, 24] = 1e4 * float(bad.max())
+    gre = {}
+    for name, images in (("clean", obs.images), ("outlier", bad)):
+        r = xr.register_group(images, spacing=obs.spacing, seed=0)
+        gre[name] = float(xr.group_registration_error(mis.true_points(r.points), fg))
+    assert gre["clean"] < 0.5 and gre["outlier"] < gre["clean"] + 0.2, gre
+
+
+def test_item10_flat_objective_does_not_move_the_transforms(_brain):
+    """A uniform posterior is a fixed point of EM: the X-metric is exactly flat (its gradient is float32 rounding
+    noise). The transforms must stay where the first step left them (Adam once turned the noise into 15.5 mm)."""
+    obs, _, _ = _brain
+    flat = xr.ObjectiveOptions(init_posterior=torch.ones(4, *obs.shape))
+    runs = [xr.register_group(obs.images, spacing=obs.spacing, objective=flat,
+                              schedule=xr.ScheduleOptions(iterations=it), convergence=xr.ConvergenceOptions(tol=0.0))
+            for it in (1, 80)]
+    assert max(abs(h) for h in runs[1].history) < 1e-5
+    assert float((runs[1].points - runs[0].points).abs().max()) < 0.5      # mm
