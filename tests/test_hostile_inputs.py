@@ -630,15 +630,17 @@ def test_item2_output_filled_during_the_run_is_not_replaced(files, tmp_path, mon
 
 
 # ---- engine: histogram range and flat objective (issue 13 items 8 and 10) ----
-def test_item8_one_outlier_voxel_cannot_take_the_bins(_brain):
+@pytest.mark.parametrize("method", ["xcoreg", "ape"])
+def test_item8_one_outlier_voxel_cannot_take_the_bins(_brain, method):
     """One voxel of 1e4 in a [0, 1] image: raw min/max bins gave gRE 11.3 mm; the robust (quantile) histogram range
-    keeps the result at the clean one."""
+    of the histogram methods X-CoReg and APE keeps the result at the clean one (CTE, CG and GMM z-score the images
+    first, and the outlier still breaks them: open)."""
     obs, mis, fg = _brain
     bad = obs.images.clone()
     bad[0, 0, 24, 24] = 1e4 * float(bad.max())
     gre = {}
     for name, images in (("clean", obs.images), ("outlier", bad)):
-        r = xr.register_group(images, spacing=obs.spacing, seed=0)
+        r = xr.register_group(images, method=method, spacing=obs.spacing, seed=0)
         gre[name] = float(xr.group_registration_error(mis.true_points(r.points), fg))
     assert gre["clean"] < 0.5 and gre["outlier"] < gre["clean"] + 0.2, gre
 

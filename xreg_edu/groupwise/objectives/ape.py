@@ -28,7 +28,7 @@ class APE(GroupObjective):
         """``[N, N]`` matrix of pairwise MIs (diagonal = marginal entropies), differentiable."""
         sv = sample.sampled()
         n, m = sv.shape
-        lo, width = H.bin_geometry(sv, self.bins)
+        lo, width = H.bin_geometry(sv, self.bins, sample.bounds)           # robust range: outliers -> edge bins
         first, w = H.spline_weights(sv, lo, width, self.bins)
         dense = H.dense_weights(first, w, self.bins)                      # [N, M, B]
         b = dense.shape[2]
