@@ -135,7 +135,7 @@ def register_group(images: Tensor | ImageGroup, method: str = "xcoreg",
             8 x bins) voxels.
         convergence: :class:`~xreg_edu.groupwise.options.ConvergenceOptions` (when a stage stops).
         **moved: the former keywords (``iterations=`` ...) raise a TypeError naming the option object that holds
-            them now (:data:`MOVED`).
+            them now (``MOVED``).
 
     Returns:
         :class:`~xreg_edu.groupwise.result.RegistrationResult`; its ``options`` record every setting used.

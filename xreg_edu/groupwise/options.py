@@ -133,7 +133,7 @@ class TransformLevel(_Options):
     Args:
         kind: ``"rigid" | "affine" | "ffd" | "svf" | "dense"``.
         alpha: weight of the regulariser (:attr:`ObjectiveOptions.regularization`; summed over the group) of a
-            non-linear level; default per kind (:data:`~xreg_edu.groupwise.api.DEFAULTS`: FFD 0.01, SVF 0.03).
+            non-linear level; default per kind (``xreg_edu.groupwise.api.DEFAULTS``: FFD 0.01, SVF 0.03).
         control_spacing: FFD control-point spacing in mm, one value or one per axis (default 1/8 of the largest
             extent).
         velocity_spacing: SVF velocity lattice spacing in mm (default 1/8 of the largest extent; ``"voxel"``: one
@@ -206,7 +206,7 @@ class ScheduleOptions(_Options):
         optimizer: ``"adam"`` (default, as the official code) or ``"sgd"`` (plain gradient descent, step eta).
         step_size: eta, "mm per step" (angles and matrix entries are scaled by the grid radius, see
             :mod:`xreg_edu.groupwise.optim`); one value or one per transform level; default per kind
-            (:data:`~xreg_edu.groupwise.api.DEFAULTS`).
+            (``xreg_edu.groupwise.api.DEFAULTS``).
         iterations: budget per stage (each level x pyramid scale); one value or one per transform level.
         pyramid: number of resolution levels (1 = full resolution only, 2 = half then full).
         refine_step: step-size factor (> 0) of each finer pyramid stage of a level relative to the coarser one.

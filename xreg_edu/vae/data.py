@@ -30,7 +30,7 @@ HELDOUT = {"dataset": "myops_cmr", "size": 64, "n": 3, "seed": 1000, "misalignme
 def patient_split(dataset: str = "myops_cmr", validation: bool = True) -> dict[str, tuple[str, ...]]:
     """The registry's patient split: ``{"train", "val", "test"}`` subject names.
 
-    ``train`` and ``val`` partition the card's official ``train_subjects`` (``val`` = :data:`VALIDATION`, empty when
+    ``train`` and ``val`` partition the card's official ``train_subjects`` (``val`` = ``VALIDATION``, empty when
     ``validation=False``); ``test`` = the card's ``test_subjects``. Train only on ``train``, choose on ``val``,
     report on ``test``.
     """
@@ -99,14 +99,14 @@ def heldout_groups(size: int = HELDOUT["size"], seed: int = HELDOUT["seed"], n_g
 
     Group i is test slice ``i mod S`` (S = number of labelled test slices, 47 for myops_cmr Case3026–3037; every
     slice is a natively aligned bSSFP/LGE/T2 group), its modalities repeated to N images, plus a random
-    misalignment (:data:`MISALIGNMENT`, group mean zero) drawn with seed ``seed + i``.
+    misalignment (``MISALIGNMENT``, group mean zero) drawn with seed ``seed + i``.
 
     Args:
         size: in-plane grid (pixels per side).
         seed: seed of group 0's misalignment.
         n_groups: number of groups (default: one per test slice).
         n: group size N.
-        misalignment: keywords of :func:`xreg_edu.simulate.misalign` (default :data:`MISALIGNMENT`).
+        misalignment: keywords of :func:`xreg_edu.simulate.misalign` (default ``MISALIGNMENT``).
         dataset: registry name.
         part: ``"test"`` (the report) or ``"val"`` (for choices; never tune on ``"test"``).
 
@@ -135,7 +135,7 @@ def make_group(slice_group: ImageGroup, n: int, seed: int, misalignment: dict | 
         slice_group: an aligned slice (all modalities) from :func:`load_slices`.
         n: group size N >= 2.
         seed: seed of the misalignment.
-        misalignment: keywords of :func:`xreg_edu.simulate.misalign` (default :data:`MISALIGNMENT`).
+        misalignment: keywords of :func:`xreg_edu.simulate.misalign` (default ``MISALIGNMENT``).
 
     Returns:
         ``(observed ImageGroup, Misalignment)``.

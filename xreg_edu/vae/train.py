@@ -88,7 +88,7 @@ def train(config: BIGRConfig | None = None, *, dataset: str = "myops_cmr", disti
         lr: Adam learning rate.
         seed: seeds the weights and the group stream (same seed -> same model, on any number of ranks).
         size: image size; group_sizes: the N drawn in stage B.
-        misalignment: keywords of :func:`xreg_edu.simulate.misalign` (default :data:`~xreg_edu.vae.data.MISALIGNMENT`).
+        misalignment: keywords of :func:`xreg_edu.simulate.misalign` (default ``xreg_edu.vae.data.MISALIGNMENT``).
         ramp: fraction of stage B over which the misalignment magnitude grows from 0 to full.
         augment: probability of the in-place contrast remap of a member (stage A).
         freeze_encoder: keep the encoder fixed in stage B.
