@@ -142,7 +142,14 @@ def run_elastix(obs):
     _, tp = itk.elastix_registration_method(stack, stack, parameter_object=params, log_to_console=False,
                                             number_of_threads=1)
     sec, cpu = time.perf_counter() - t0, time.process_time() - c0
-    field = itk.transformix_deformation_field(stack, tp)        # [N, *S, dim+1] ITK order (x, y, (z), stack)
+    import tempfile
+    here = os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp:                 # transformix writes deformationField.nii in the cwd
+        os.chdir(tmp)
+        try:
+            field = itk.transformix_deformation_field(stack, tp)   # [N, *S, dim+1] ITK order (x, y, (z), stack)
+        finally:
+            os.chdir(here)
     disp = np.asarray(field)[..., :dim][..., ::-1].copy()       # -> array-axis order
     disp = torch.from_numpy(disp).float().movedim(-1, 1)        # [N, dim, *S]
     points = identity_grid(shape, sp) + disp
