@@ -365,3 +365,22 @@ def test_default_schedule_pyramid_levels():
     assert default_schedule((91, 109, 91)).pyramid == 3        # 2 mm brain: 8 mm coarsest level
     assert default_schedule((182, 218, 182)).pyramid == 4      # 1 mm brain
     assert default_schedule((21, 21, 17)).pyramid == 1 and default_schedule((182, 218)).pyramid == 1
+
+
+def test_schedule_none_uses_the_default_schedule_explicit_wins():
+    """``schedule=None``: a 3-D group gets the pyramid of ``default_schedule`` (2-D stays at full resolution); an
+    explicit :class:`ScheduleOptions` is used as given."""
+    from xreg_edu.groupwise.schedule import default_schedule
+    g = xr.load_dataset("open_ms", dim=3, size=44, modalities=["T1", "T2"])
+    shape = tuple(g.images.shape[2:])
+    levels = default_schedule(shape, g.spacing).pyramid
+    assert levels == 2, shape
+    fast = ConvergenceOptions(tol=1e-2, window=2, check_every=1, min_iterations=2)
+    r = register_group(g, convergence=fast)
+    assert r.options["schedule"]["pyramid"] == levels
+    assert [s["name"] for s in r.stages] == ["rigid@1/2", "rigid@1/1"]
+    r = register_group(g, schedule=ScheduleOptions(iterations=2), convergence=fast)
+    assert [s["name"] for s in r.stages] == ["rigid@1/1"] and r.options["schedule"]["pyramid"] == 1
+    flat = xr.load_dataset("open_ms", size=48, modalities=["T1", "T2"])
+    r = register_group(flat, convergence=fast)
+    assert [s["name"] for s in r.stages] == ["rigid@1/1"] and r.options["schedule"]["pyramid"] == 1

@@ -15,6 +15,7 @@ from .objectives import OBJECTIVES, XCoReg, APE, CTE, Congealing, GMM
 from .options import (TRANSFORMS, ConvergenceOptions, ObjectiveOptions, ScheduleOptions, TransformLevel,
                       parse_transform)
 from .result import RegistrationResult
+from .schedule import default_schedule
 
 METHODS = tuple(OBJECTIVES)
 
@@ -131,8 +132,9 @@ def register_group(images: Tensor | ImageGroup, method: str = "xcoreg",
         objective: :class:`~xreg_edu.groupwise.options.ObjectiveOptions` (bins, X-CoReg/GMM/CG settings,
             regulariser, normalisation).
         schedule: :class:`~xreg_edu.groupwise.options.ScheduleOptions` (optimiser, step sizes, iterations,
-            pyramid, voxel sampling). The sample of each stage must hold at least min(all its voxels,
-            8 x bins) voxels.
+            pyramid, voxel sampling); default :func:`~xreg_edu.groupwise.schedule.default_schedule` of the grid
+            (2-D: full resolution only; 3-D: an image pyramid). The sample of each stage must hold at least
+            min(all its voxels, 8 x bins) voxels.
         convergence: :class:`~xreg_edu.groupwise.options.ConvergenceOptions` (when a stage stops).
         **moved: the former keywords (``iterations=`` ...) raise a TypeError naming the option object that holds
             them now (``MOVED``).
@@ -148,7 +150,8 @@ def register_group(images: Tensor | ImageGroup, method: str = "xcoreg",
                             + (" (or a list of them, one per level)" if where == "transform" else ""))
         raise TypeError(f"register_group() got an unexpected keyword argument {key!r}")
     objective = _option(objective, "objective")
-    schedule = _option(schedule, "schedule")
+    if schedule is not None:
+        schedule = _option(schedule, "schedule")
     convergence = _option(convergence, "convergence")
     group_spacing = None
     if isinstance(images, ImageGroup):
@@ -167,6 +170,8 @@ def register_group(images: Tensor | ImageGroup, method: str = "xcoreg",
     spacing = tuple(float(s) for s in spacing)
     if len(spacing) != dim or any(not s > 0 for s in spacing):
         raise ValueError(f"spacing {spacing} must hold {dim} positive values (mm per axis)")
+    if schedule is None:                  # the default schedule of this grid (3-D: a pyramid; 2-D: full resolution)
+        schedule = default_schedule(shape, spacing)
     if device is not None:
         images = images.to(device)
     device = images.device
