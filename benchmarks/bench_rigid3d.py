@@ -27,15 +27,7 @@ import torch
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-
-METHODS = {                      # label -> (method, extra register_group keywords)
-    "X-CoReg": ("xcoreg", {}),
-    "APE": ("ape", {}),
-    "CTE": ("cte", {}),
-    "GMM": ("gmm", {"gmm_init": "random"}),
-    "GMM-sym": ("gmm", {"gmm_init": "symmetric"}),
-    "CG": ("cg", {}),
-}
+from bench_rigid_table import METHODS  # noqa: E402  label -> (method, ObjectiveOptions fields): the same six methods
 DATA = {"brainweb47": {"modalities": None, "subjects": ["subject47"], "fg": "labels"},   # tissue model > 0
         "open_ms": {"modalities": ["T1", "T2", "FLAIR", "T1POST"], "subjects": ["patient07", "patient19",
                                                                                  "patient26"],
