@@ -7,12 +7,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "book" / "_ext"))
+import colab  # noqa: E402  the table-of-contents walk of the Colab converter
 
 # Equations of part I (the talk's eq. 1-6) must always be there; part II's only once a chapter defines one of them.
 PART_I_LABELS = ["eq-mi", "eq-tc", "eq-iuz", "eq-iuz-ci", "eq-xmetric", "eq-xcoreg"]
@@ -22,19 +25,7 @@ PART_II_LABELS = ["eq-imaging", "eq-equivariance", "eq-elbo"]
 def _toc_files() -> list[Path]:
     # XREG_EDU_TOC: check another table of contents (e.g. a partial one while chapters are written)
     toc = yaml.safe_load(Path(os.environ.get("XREG_EDU_TOC", ROOT / "_toc.yml")).read_text())
-    found: list[str] = [toc["root"]]
-
-    def walk(node):
-        if isinstance(node, dict):
-            if "file" in node:
-                found.append(node["file"])
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk({k: v for k, v in toc.items() if k != "root"})
+    found = [toc["root"]] + colab.toc_entries(toc)
     paths = []
     for f in found:
         matches = [p for p in (ROOT / f"{f}.ipynb", ROOT / f"{f}.md", ROOT / f) if p.is_file()]

@@ -92,8 +92,8 @@ def _site_url(repo_url: str) -> str:
     return f"https://{m.group(1)}.github.io/{m.group(2)}/"
 
 
-def _toc_chapters(root: Path) -> list[Path]:
-    toc = yaml.safe_load((root / "_toc.yml").read_text())
+def toc_entries(toc: dict) -> list[str]:
+    """Every ``file:`` of a parsed ``_toc.yml`` below its root, in reading order (the root page not included)."""
     files: list[str] = []
 
     def walk(node):
@@ -106,7 +106,12 @@ def _toc_chapters(root: Path) -> list[Path]:
             for v in node:
                 walk(v)
 
-    walk(toc.get("parts", toc.get("chapters", [])))
+    walk({k: v for k, v in toc.items() if k != "root"})
+    return files
+
+
+def _toc_chapters(root: Path) -> list[Path]:
+    files = toc_entries(yaml.safe_load((root / "_toc.yml").read_text()))
     return [root / f"{f}.ipynb" for f in files if (root / f"{f}.ipynb").is_file()]
 
 
