@@ -120,8 +120,7 @@ def background_level(images: Tensor) -> Tensor:
 def foreground_centroids(images: Tensor, grid: Tensor, background: Tensor, threshold: Tensor) -> Tensor:
     """``[N, d]`` mm centroid of each image's foreground mask ``|u_j - background_j| > threshold_j`` (a binary mask,
     so images of different modalities of the same anatomy agree). images ``[N, 1, *S]``, grid ``[1, d, *S]``."""
-    view = (-1,) + (1,) * (images.dim() - 1)
-    w = ((images - background.view(view)).abs() > threshold.view(view)).to(grid.dtype).flatten(2)   # [N, 1, P]
+    w = foreground_mask(images, background, threshold).to(grid.dtype).flatten(2)                    # [N, 1, P]
     return (w * grid.flatten(2)).sum(2) / w.sum(2).clamp_min(1.0)
 
 
@@ -137,11 +136,15 @@ def centre_translations(level, centroids: Tensor) -> None:
             level.params[:, :, -1] = t
 
 
+def foreground_mask(images: Tensor, background: Tensor, threshold: Tensor) -> Tensor:
+    """``[N, 1, *S]`` bool: ``|u_j - background_j| > threshold_j`` (background, threshold ``[N]``)."""
+    view = (-1,) + (1,) * (images.dim() - 1)
+    return (images - background.view(view)).abs() > threshold.view(view)
+
+
 def foreground_fraction(images: Tensor, background: Tensor, threshold: Tensor) -> Tensor:
     """``[N]`` fraction of the grid where ``|u_j - background_j| > threshold_j`` (``images [N, 1, *S]``)."""
-    view = (-1,) + (1,) * (images.dim() - 1)
-    fg = (images - background.view(view)).abs() > threshold.view(view)
-    return fg.flatten(1).float().mean(1)
+    return foreground_mask(images, background, threshold).flatten(1).float().mean(1)
 
 
 def _converged(hist: Tensor, count: int, window: int, tol: float) -> bool:
@@ -158,11 +161,11 @@ def run_stages(images: Tensor, spacing: tuple[float, ...], transform, objective:
                options: LoopOptions) -> LoopRecord:
     """Optimise ``transform`` (a :class:`~xreg_edu.spatial.CompositeTransform`) for ``objective``.
 
-    Region of the histograms: with ``options.outside == "background"`` (default) the whole common grid (AND the user
-    mask), every image reading its background level (:func:`background_level`) outside its field of view, so
-    sliding an image out of the others' view replaces its anatomy by background and cannot raise the objective;
-    ``"exclude"``: only the overlap of all fields of view (the talk's ``Omega^phi``, which has shrinking-overlap
-    optima at large misalignments). Guard: every ``check_every`` iterations the fraction of each image's foreground
+    Region of the histograms: with ``options.outside == "exclude"`` (default) only the overlap of all fields of view
+    (the talk's ``Omega^phi``, which has shrinking-overlap optima at large misalignments: the guard below catches
+    them); ``"background"``: the whole common grid (AND the user mask), every image reading its background level
+    (:func:`background_level`) outside its field of view, so sliding an image out of the others' view replaces its
+    anatomy by background. Guard: every ``check_every`` iterations the fraction of each image's foreground
     still inside the common grid is measured; below ``min_retained`` the stage restarts from its initial
     parameters with half the step (``restarts`` times), then stops at its initial parameters; each event adds a
     line to ``LoopRecord.warnings``. ``options.init == "centroid"`` (``"auto"``: in 3-D only, where the capture range
@@ -212,13 +215,13 @@ def run_stages(images: Tensor, spacing: tuple[float, ...], transform, objective:
             umask = umask.reshape(-1)
         with torch.no_grad():
             bg = background_level(img)
-            lo, hi = robust_range(img.flatten(1), max(options.robust_range, 1e-3))
+            flat = img.flatten(1)
+            lo, hi = robust_range(flat, max(options.robust_range, 1e-3))
             thr = 0.1 * (hi - lo)[:, 0]                     # foreground: 10 % of the robust range off background
             fg0 = foreground_fraction(img, bg, thr).clamp_min(1e-12)
             bounds = None
             if options.robust_range > 0:     # quantiles widened by 10 %, never beyond the data: clean images keep
-                flat = img.flatten(1)        # their min/max, a few outliers fall into the edge bins
-                ext = 0.1 * (hi - lo)[:, 0]
+                ext = 0.1 * (hi - lo)[:, 0]  # their min/max, a few outliers fall into the edge bins
                 bounds = (torch.maximum(flat.amin(1), lo[:, 0] - ext), torch.minimum(flat.amax(1), hi[:, 0] + ext))
         pad = bg if options.outside == "background" else None
         full = torch.ones(grid[0, 0].numel(), dtype=torch.bool, device=device) if umask is None else umask
