@@ -147,9 +147,11 @@ def figure(results: dict):
     sys.path.insert(0, str(HERE))
     from _common import plot_style
     plt = plot_style()
-    labels = list(results["runs"])
     fig, axes = plt.subplots(1, len(SETTINGS), figsize=(7, 3.6), sharey=False)
     for ax, setting in zip(axes, SETTINGS):
+        labels = [lab for lab, run in results["runs"].items() if setting in run]
+        if not labels:
+            continue
         bottom = np.zeros(len(labels))
         for i, p in enumerate(PARTS):
             vals = np.array([results["runs"][lab][setting]["parts_ns"].get(p, 0.0) for lab in labels])

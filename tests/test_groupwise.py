@@ -79,6 +79,68 @@ def test_class_histogram_batched_blocked_equals_reference_and_gradcheck(monkeypa
                                     (x,))
 
 
+def test_fused_estep_equals_the_unfused_one():
+    """``estep.posterior_from_pmfs`` (blocked, one embedding_bag per block) == ``e_step(lookup_log_likelihood(..))``
+    (the [N, K, P] log-likelihoods), for a global and a spatial prior, values beyond the bin range included."""
+    gen = torch.Generator().manual_seed(3)
+    n, k, bins, p = 3, 4, 16, 1000
+    pmf = torch.softmax(3 * torch.randn(n, k, bins + 4, generator=gen, dtype=torch.float64), -1)
+    values = torch.randn(n, p, generator=gen, dtype=torch.float64) * 1.5
+    lo, width = torch.full((n, 1), -2.0, dtype=torch.float64), torch.full((n, 1), 0.25, dtype=torch.float64)
+    for prior in (torch.log(torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)),
+                  torch.log_softmax(torch.randn(k, p, generator=gen, dtype=torch.float64), 0)):
+        for min_prob in (0.0, 1e-3):
+            ref = e_step(estep.lookup_log_likelihood(pmf, values, lo, width, bins), prior, min_prob)
+            ours = estep.posterior_from_pmfs(pmf, values, lo, width, bins, prior, min_prob, block=77)
+            assert torch.allclose(ours, ref, rtol=1e-12, atol=1e-14)
+
+
+def _reference_xcoreg_step(values, index, bounds, gamma, log_prior, bins, min_prob):
+    """Algorithm 1, one iteration, written out with dense reference histograms (no fused kernel): returns the loss
+    ``-sum_j I(U_j; Z)`` (differentiable in ``values``) and the new posterior."""
+    sv = values[:, index]
+    lo = torch.maximum(sv.detach().amin(1, keepdim=True), bounds[0][:, None])
+    hi = torch.maximum(torch.minimum(sv.detach().amax(1, keepdim=True), bounds[1][:, None]), lo)
+    width = (hi - lo) / bins
+    with torch.no_grad():
+        hist = _reference_class_histogram(sv, gamma[:, index].t(), bins, lo, hi)
+        logp = (hist / hist.sum(2, keepdim=True)).clamp_min(1e-8).log()                 # [N, K, B]
+        b = (torch.round((values - lo) / width) + density.PADDING).clamp(density.PADDING, density.PADDING + bins)
+        total = sum(logp[j][:, b[j].long()] for j in range(values.shape[0])) + log_prior[:, None]
+        post = torch.softmax(total, 0).clamp_min(min_prob)
+        post = post / post.sum(0, keepdim=True)
+    h = _reference_class_histogram(sv, post[:, index].t(), bins, lo, hi)
+    pj = h / h.sum((1, 2), keepdim=True)
+    ent = lambda q, dims: -(q * q.clamp_min(1e-8).log()).sum(dims)                    # noqa: E731
+    mi = ent(pj.sum(1), 1) + ent(pj.sum(2), 1) - ent(pj, (1, 2))
+    return -mi.sum(), post
+
+
+def test_xcoreg_step_equals_the_reference_loss_gradient_and_posterior(brain48):
+    """Before/after check of the hot path: one fused ``XCoReg.step`` (E-step + loss) on a real group, with a partial
+    overlap index and robust bounds (values outside -> edge bins), == Algorithm 1 written out with dense reference
+    histograms: same loss, same gradient w.r.t. the warped intensities, same posterior and prior (float64)."""
+    obs, _ = misalign(brain48, "rigid", seed=2, **RIGID)
+    v = obs.images.reshape(3, -1).double()
+    v = ((v - v.mean(1, keepdim=True)) / v.std(1, keepdim=True)).requires_grad_()
+    mask = torch.zeros(v.shape[1], dtype=torch.bool)
+    mask[100:-150] = True
+    index = mask.nonzero().squeeze(1)
+    bounds = (torch.full((3,), -0.8, dtype=v.dtype), torch.full((3,), 2.5, dtype=v.dtype))
+    obj = XCoReg(4, 32)
+    obj.reset(3, brain48.shape, device="cpu", dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    gamma0, prior0 = obj.gamma.clone(), obj.log_prior.clone()
+    loss = obj.step(GroupSample(v, mask, index, brain48.shape, bounds))
+    grad, = torch.autograd.grad(loss, v)
+    ref_loss, ref_post = _reference_xcoreg_step(v, index, bounds, gamma0, prior0, 32, obj.min_prob)
+    ref_grad, = torch.autograd.grad(ref_loss, v)
+    assert abs(float(loss.detach())) > 1e-3 and float(grad.abs().max()) > 1e-6   # a non-trivial point
+    assert torch.allclose(loss, ref_loss, rtol=1e-10)
+    assert torch.allclose(grad, ref_grad, rtol=1e-8, atol=1e-12 * float(ref_grad.abs().max()))
+    assert torch.allclose(obj.gamma, ref_post, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(obj.log_prior.exp(), ref_post[:, index].mean(1), rtol=1e-10)
+
+
 def test_loss_is_minus_the_x_metric_of_info(brain48):
     """The loop's fused loss equals -sum_j I(U_j; Z) of :func:`xreg_edu.info.x_metric_terms` (same posterior)."""
     from xreg_edu.info import x_metric_terms

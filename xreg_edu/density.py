@@ -34,7 +34,7 @@ EPS = 1e-8        #: clamp inside log and on the bin width (official value)
 PADDING = 2       #: padding bins per side, r = ceil(2σ) with σ = 1  ->  L + 4 bins
 MAX_ND_CELLS = 2 ** 26  #: refuse N-D histograms with more cells than this (curse of dimensionality)
 REPLICAS = 8           #: histogram copies the fused scatter spreads neighbouring samples over (see below)
-BLOCK = 2 ** 15         #: samples per block of the fused class-histogram kernels (temporaries stay in cache)
+BLOCK = 2 ** 13         #: samples per block of the fused class-histogram kernels (temporaries stay in cache)
 
 
 # --------------------------------------------------------------------------------------------- kernel, weights
