@@ -255,9 +255,8 @@ class _ClassHistogram(torch.autograd.Function):
             first, t, _ = _block_taps(values[:, c], lo, width, bins, clamp)                      # [N, C]
             idx = (rows + (first + spread[:first.shape[1]]).unsqueeze(1)).reshape(-1)            # [N*K*C]
             g = post[:, c].unsqueeze(0)                                                           # [1, K, C]
-            for w in _tap_weights(t):
-                out.scatter_add_(0, idx, (w.unsqueeze(1) * g).reshape(-1))
-                idx += 1
+            for tap, w in enumerate(_tap_weights(t)):                                            # bin f - 1 + tap
+                out[tap:].scatter_add_(0, idx, (w.unsqueeze(1) * g).reshape(-1))
         ctx.save_for_backward(values, lo, width, post)
         ctx.bins, ctx.clamp = bins, clamp
         return out.view(REPLICAS, N, K, nb).sum(0)
