@@ -11,8 +11,9 @@
 (inputs before/after and the objective curve), then ``manifest.json`` (every file's size and sha256) last. All of
 it is written into a temporary folder beside ``OUT`` that is renamed onto ``OUT`` only when complete, so ``OUT``
 either holds a whole result (with its manifest) or nothing new; a failing write or Ctrl-C leaves the previous
-state (a run killed outright leaves only its hidden staging folder, which the next run beside ``OUT`` removes). A non-empty ``OUT`` is refused unless ``--overwrite`` (which replaces the previous xreg-edu outputs as a
-whole, never mixing two runs). Input errors (unreadable file, differing dimensionality, grid or affine without
+state (a run killed outright leaves only its hidden staging folder, which the next run beside ``OUT`` removes).
+A non-empty ``OUT`` is refused unless ``--overwrite`` (which replaces the previous xreg-edu outputs as a whole,
+never mixing two runs). Input errors (unreadable file, differing dimensionality, grid or affine without
 ``--resample``, a single image, non-finite voxels, bad option values, an unusable output folder) print one clear
 line and exit with status 2, before any registration runs; a failed write exits with 1, Ctrl-C with 130.
 """
