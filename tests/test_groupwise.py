@@ -65,6 +65,9 @@ def test_class_histogram_batched_blocked_equals_reference_and_gradcheck(monkeypa
         assert torch.allclose(ours[n], density.class_histogram(v[n], post.t(), 16, lo=lo[n], hi=hi[n]), rtol=1e-12)
     # every sample spreads unit mass (partition of unity), weighted by its posterior
     assert torch.allclose(ours.sum(2), post.sum(1).expand(3, 4), rtol=1e-10)
+    # classes with equal weights get bitwise equal histograms (a uniform posterior stays an exact fixed point of EM)
+    flat = density.class_histogram(v.float(), torch.full((m, 4), 0.25), 16)
+    assert bool((flat == flat[:, :1]).all())
     # analytic backward == finite differences (intensities and posterior), blocks of 7 samples, a fixed range with
     # values beyond it (edge bins, zero gradient) and a data-driven one (detached: FD would move the bins, so the
     # range is passed explicitly there too)
