@@ -152,25 +152,29 @@ def end_to_end(obs, iterations: int) -> dict:
 
 
 def figure(results: dict):
+    """Stacked ns per voxel x image x iteration per part (minimum per part) and engine, the end-to-end cost
+    (a marker) and the bandwidth bound (dashed), one panel per setting."""
     sys.path.insert(0, str(HERE))
     from _common import plot_style
     plt = plot_style()
-    fig, axes = plt.subplots(1, len(SETTINGS), figsize=(7, 3.6), sharey=False)
+    fig, axes = plt.subplots(1, len(SETTINGS), figsize=(7, 4.2))
     for ax, setting in zip(axes, SETTINGS):
         labels = [lab for lab, run in results["runs"].items() if setting in run]
         if not labels:
             continue
+        runs = [results["runs"][lab][setting] for lab in labels]
         bottom = np.zeros(len(labels))
         for i, p in enumerate(PARTS):
-            vals = np.array([results["runs"][lab][setting]["parts_ns"].get(p, 0.0) for lab in labels])
-            ax.bar(labels, vals, bottom=bottom, label=p, color=plt.cm.tab10(i))
+            vals = np.array([r["parts_ns"].get(p, 0.0) for r in runs])
+            ax.bar(labels, vals, bottom=bottom, label=p, color=plt.cm.tab10(i), width=0.6)
             bottom += vals
-        bound = results["runs"][labels[-1]][setting]["cost"]["bound_ns"]
-        ax.axhline(bound, color="k", ls="--", lw=1, label="bandwidth bound")
-        ax.set_title(f"{setting}: {'x'.join(map(str, results['runs'][labels[-1]][setting]['shape']))}, N = 3")
+        ax.plot(labels, [r["cost"]["ns"] for r in runs], "kD", label="end to end (all iterations)")
+        ax.axhline(runs[-1]["cost"]["bound_ns"], color="k", ls="--", lw=1, label="bandwidth bound")
+        ax.set_title(f"{setting}: {' x '.join(map(str, runs[-1]['shape']))}, N = {runs[-1]['images']}")
         ax.set_ylabel("ns per voxel x image x iteration")
-    axes[-1].legend(fontsize=8, loc="upper right")
-    fig.tight_layout()
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=3, fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.2, 1, 1))
     return fig
 
 
@@ -210,6 +214,7 @@ def main(argv=None) -> None:
     ap.add_argument("--iterations", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=2, help="alternating rounds; the minimum per part is kept")
     ap.add_argument("--quick", action="store_true", help="5 iterations, 1 round, 2-D only, nothing written")
+    ap.add_argument("--replot", action="store_true", help="redraw the PNG from the JSON")
     ap.add_argument("--worker", nargs=3, metavar=("ENGINE", "SETTING", "ITERATIONS"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -220,6 +225,10 @@ def main(argv=None) -> None:
     import tempfile
     sys.path.insert(0, str(HERE))
     from _common import machine, write
+    if args.replot:
+        results = json.loads((HERE / "results" / "bench_hotpath.json").read_text())
+        write("bench_hotpath", results, figure(results))
+        return
     iters, repeats = (5, 1) if args.quick else (args.iterations, args.repeats)
     settings = SETTINGS[:1] if args.quick else SETTINGS
     bw = memory_bandwidth()
