@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from .._env import is_quick
+from ..density import robust_range
 from .._checks import check_class_maps, check_classes, check_group, check_mask, check_seed
 from ..group import ImageGroup
 from .loop import LoopOptions, Stage, run_stages
@@ -70,9 +71,13 @@ def make_objective(method: str, num_classes: int = 4, options: ObjectiveOptions 
 
 
 def _normalise(images: Tensor, mask: Tensor | None) -> Tensor:
-    """z-score each image over its (masked) voxels; constant images are only centred.
+    """Winsorised z-score of each image over its (masked) voxels: ``[N, 1, *S] -> [N, 1, *S]``.
 
-    Each image is first divided by its largest magnitude, so huge values (1e300) cannot overflow the variance.
+    Values beyond the robust range (the 0.1 % and 99.9 % quantiles, widened by 10 % as the loop's histogram bounds)
+    are clipped before the mean and standard deviation are taken, so one outlier voxel cannot take the scale (a plain
+    z-score squeezed the rest of the image into a few bins or kernel widths); clean images are left unclipped.
+    Constant images are only centred. Each image is first divided by its largest magnitude, so huge values (1e300)
+    cannot overflow the variance.
     """
     view = (-1,) + (1,) * (images.dim() - 1)
     flat = images.reshape(images.shape[0], -1)
@@ -80,6 +85,10 @@ def _normalise(images: Tensor, mask: Tensor | None) -> Tensor:
     images = images / scale.view(view)
     flat = images.reshape(images.shape[0], -1)
     sel = flat if mask is None else flat[:, mask.reshape(-1)]
+    lo, hi = robust_range(sel)
+    margin = 0.1 * (hi - lo)
+    images = torch.maximum(torch.minimum(images, (hi + margin).view(view)), (lo - margin).view(view))
+    sel = sel.clamp(lo - margin, hi + margin)
     mean = sel.mean(1)
     std = sel.std(1)
     std = torch.where(std > 1e-12, std, torch.ones_like(std))
