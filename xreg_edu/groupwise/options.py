@@ -288,7 +288,7 @@ class ConvergenceOptions(_Options):
     """
 
     tol: float = 1e-4
-    motion_tol: float = 0.1
+    motion_tol: float = 0.05
     window: int = 10
     check_every: int = 5
     min_iterations: int | None = None
