@@ -411,15 +411,16 @@ def test_motion_mm_is_millimetres_at_the_radius():
 
 
 def test_3d_group_registers_with_the_default_schedule():
-    """Real open_ms T1/T2/FLAIR at 44 voxels (~4 mm): the default schedule (a 2-level pyramid, a short refinement)
-    reaches sub-voxel gRE from +-10 deg / +-10 mm."""
+    """Real open_ms T1/T2/FLAIR at 44 voxels (3.8 mm): the default schedule (a 2-level pyramid, a short refinement)
+    reaches sub-voxel gRE from +-10 deg / +-10 mm; the full-resolution refinement counts (the half-resolution stage
+    alone ends at 0.37 mm)."""
     g = xr.load_dataset("open_ms", dim=3, size=44, modalities=["T1", "T2", "FLAIR"])
     fg = g.images.mean(0)[0] > 0.05
     obs, mis = misalign(g, "rigid", seed=1, max_angle_deg=10.0, max_translation_mm=10.0)
     r = register_group(obs)
     assert [s["name"] for s in r.stages] == ["rigid@1/2", "rigid@1/1"] and r.stages[1]["iterations"] <= 10
     assert float(group_registration_error(mis.points, fg)) > 3.0
-    assert _gre(r, mis, fg) < 0.15 * min(g.spacing), r.stages
+    assert _gre(r, mis, fg) < 0.3, r.stages
 
 
 def test_schedule_none_uses_the_default_schedule_explicit_wins():
