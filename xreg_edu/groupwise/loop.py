@@ -73,16 +73,28 @@ class LoopRecord:
 
 
 def _sample_index(mask: Tensor, rate: float, generator: torch.Generator) -> Tensor | None:
-    """Indices of the (sub-sampled) mask voxels; ``None`` when the mask is empty (the overlap collapsed)."""
+    """Sorted indices of the mask voxels, each kept with probability ``rate`` (Bernoulli, at least 16 kept);
+    ``None`` when the mask is empty (the overlap collapsed)."""
     idx = mask.nonzero().squeeze(1)
     if idx.numel() == 0:
         return None
-    if rate < 1.0:
-        m = max(16, int(round(rate * idx.numel())))
-        if m < idx.numel():
-            pick = torch.randperm(idx.numel(), generator=generator, device=generator.device)[:m]
-            idx = idx[pick.to(idx.device)]
+    if rate < 1.0 and idx.numel() > 16:
+        keep = torch.rand(idx.numel(), generator=generator, device=generator.device).to(idx.device) < rate
+        if int(keep.sum()) >= 16:
+            idx = idx[keep]
     return idx
+
+
+def _sampled_values(img: Tensor, grid: Tensor, transform, spacing, pad, warped: Tensor, index: Tensor) -> Tensor:
+    """``[N, P]`` warped intensities, differentiable at the voxels ``index`` only: the transform and the warp are
+    re-evaluated there (``[1, d, M, 1(, 1)]`` points, a linear transform being pointwise), so the backward pass
+    touches M voxels, not P. ``warped``: ``[N, 1, *S]`` the no-grad warp of every voxel."""
+    d = grid.shape[1]
+    points = grid.flatten(2).index_select(2, index).reshape(1, d, -1, *([1] * (d - 1)))
+    at_sample, _ = warp_with_overlap(img, transform(points), spacing, pad)
+    values = warped.reshape(warped.shape[0], -1).clone()
+    values[:, index] = at_sample.reshape(warped.shape[0], -1)
+    return values
 
 
 def warp_with_overlap(images: Tensor, points: Tensor, spacing: tuple[float, ...],
@@ -246,8 +258,9 @@ def run_stages(images: Tensor, spacing: tuple[float, ...], transform, objective:
         start = active.params.detach().clone()
         radius = characteristic_radius(shape, sp)
         scale = parameter_scale(active, radius)
-        motion_tol_mm = options.motion_tol * min(sp)
+        motion_tol_mm = options.motion_tol * min(sp) if options.tol > 0 else 0.0   # tol = 0: run the budget
         loss_test = options.tol > 0 and stage.sample_rate >= 1.0   # a sampled loss is too noisy for it
+        sparse = stage.sample_rate < 1.0 and transform.is_linear   # backward through the sample only
         regularise = (not active.is_linear) and stage.alpha > 0
         t0 = time.perf_counter()
         restarts_left = options.restarts
@@ -260,8 +273,8 @@ def run_stages(images: Tensor, spacing: tuple[float, ...], transform, objective:
             since = 0                        # iteration of the last step-size decay
             snapshots = [(0, active.params.detach().clone())]   # (iteration, params) at each test
             for it in range(stage.iterations):
-                points = transform(grid)
-                warped, inside = warp_with_overlap(img, points, sp, pad)
+                with torch.set_grad_enabled(not sparse):
+                    warped, inside = warp_with_overlap(img, transform(grid), sp, pad)
                 m = full if pad is not None else (inside if umask is None else inside & umask)
                 if count % options.check_every == 0:
                     with torch.no_grad():
@@ -273,7 +286,9 @@ def run_stages(images: Tensor, spacing: tuple[float, ...], transform, objective:
                 if index is None:            # no voxel left in the overlap of the fields of view
                     collapsed, retained = True, 0.0
                     break
-                sample = GroupSample(warped.reshape(n, -1), m, index, shape, bounds)
+                values = _sampled_values(img, grid, transform, sp, pad, warped, index) if sparse \
+                    else warped.reshape(n, -1)
+                sample = GroupSample(values, m, index, shape, bounds)
                 loss = objective.step(sample)
                 if regularise:
                     loss = loss + stage.alpha * active.regularization(options.regularization)

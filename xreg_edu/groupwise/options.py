@@ -278,7 +278,7 @@ class ConvergenceOptions(_Options):
       ``window``-iteration loss averages is below ``tol``.
 
     Args:
-        tol: relative loss tolerance (>= 0; 0 turns the loss test off).
+        tol: relative loss tolerance (>= 0; 0 turns both tests off: every stage runs its budget).
         motion_tol: motion tolerance in voxels of the stage (>= 0; 0 turns the motion test off).
         window: window w (>= 1 iterations) of both tests.
         check_every: iterations between two tests (>= 1).
