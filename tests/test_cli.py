@@ -155,10 +155,12 @@ def test_register_uses_the_grids_default_schedule(tmp_path, monkeypatch):
     monkeypatch.setattr(gw, "register_group", fake)
     assert main(["register", *paths, "-o", str(tmp_path / "a")]) == 2
     assert main(["register", *paths, "-o", str(tmp_path / "b"), "--iterations", "3"]) == 2
+    assert main(["register", *paths, "-o", str(tmp_path / "c"), "--pyramid", "2"]) == 2
     default = default_schedule((48, 44, 40), (1.0, 1.0, 1.0))
     assert default.pyramid > 1                       # the case the CLI used to miss (it always sent pyramid=1)
     assert seen[0] is None
     assert seen[1].iterations == 3 and seen[1].pyramid == default.pyramid
+    assert seen[2].pyramid == 2
 
 
 def test_staging_folders_of_killed_runs_are_removed(nifti_group, tmp_path):

@@ -140,13 +140,18 @@ def _build_options(args) -> tuple:
 
 def _schedule(overrides: dict, shape, spacing):
     """The default schedule of this grid (:func:`~xreg_edu.groupwise.schedule.default_schedule`) with the flags
-    the user gave; ``None`` (the same default) when none was given."""
+    the user gave; ``None`` (the same default) when none was given. A given ``--pyramid`` starts from
+    :class:`~xreg_edu.groupwise.ScheduleOptions` defaults instead (the default schedule's per-stage values are
+    sized for its own pyramid)."""
     import dataclasses
 
+    from .groupwise import ScheduleOptions
     from .groupwise.schedule import default_schedule
 
     if not overrides:
         return None
+    if "pyramid" in overrides:
+        return ScheduleOptions(**overrides)
     return dataclasses.replace(default_schedule(shape, spacing), **overrides)
 
 
