@@ -17,9 +17,10 @@ Same groups, same gRE. Aligned real open_ms T1/T2/FLAIR (patient07) groups get s
   (``resource.getrusage(RUSAGE_SELF).ru_maxrss``, includes the Python/torch/ITK runtime, ~0.3-0.5 GB), time = wall
   seconds of the registration call alone (data loading excluded). ``os.getloadavg()`` is recorded before/after:
   the machine is shared, so wall times carry its load.
-- Item 4 of issue 11: xreg_edu seconds per voxel x image x iteration (the iterations of all its stages, each
-  weighted by its stage's voxel count), next to a memory-bandwidth bound: bytes/s of a large numpy copy and an
-  estimate of the bytes one voxel x image x iteration touches.
+- Item 4 of issue 11: xreg_edu wall seconds per voxel x image x iteration (the iterations of all its stages, each
+  weighted by its stage's grid voxels: the warp and the E-step visit every voxel, a sampled stage's histograms
+  only its sample), next to the memory-bandwidth bound of ``bench_hotpath`` (bytes/s of a large numpy copy and
+  the bytes one voxel x image x iteration must move, ``bench_hotpath.BYTES_PER_VOXEL_IMAGE_ITER``).
 
 Usage: ``python benchmarks/bench_vs_elastix.py [--groups 10] [--groups-1mm N] [--jobs 2] [--max-minutes 55]
 [--quick]``. With ``--jobs 2`` (default) the two tools of a group run at the same time, one thread each on the
@@ -45,12 +46,6 @@ SETTINGS = {      # name -> (dim, spacing mm (None: native), misalignment ranges
     "3d_1mm": (3, None, dict(max_angle_deg=10.0, max_translation_mm=10.0)),
 }
 MODALITIES = ["T1", "T2", "FLAIR"]
-# bytes one voxel x image x iteration touches in the xreg_edu hot path (float32, forward + backward), estimated:
-# forward: points 3x4 written + read, trilinear warp 8 taps x 4 read + 4 written, intensity, bin weights 4 taps x
-# (index 8 + weight 4), posterior K=4 x 4 read, histogram scatter 4 taps x K x 4; backward: about twice the forward.
-BYTES_PER_VOXEL_IMAGE_ITER = 3 * (3 * 4 * 2 + 8 * 4 + 4 + 4 * 12 + 4 * 4 + 4 * 4 * 4)
-
-
 def elastix_parameters(dim: int, resolutions: int = 3):
     import itk
     p = itk.ParameterObject.New()
@@ -172,20 +167,6 @@ def worker(setting: str, seed: int, tool: str) -> dict:
                 resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, "rss_before_registration_gb": rss0, **extra}
 
 
-def bandwidth() -> float:
-    """Bytes/s of a 256 MB numpy copy (read + write counted), best of 5."""
-    a = np.ones(2 ** 25, dtype=np.float64)
-    b = np.empty_like(a)
-    best = min(_timed(np.copyto, b, a) for _ in range(5))
-    return 2 * a.nbytes / best
-
-
-def _timed(f, *a):
-    t = time.perf_counter()
-    f(*a)
-    return time.perf_counter() - t
-
-
 def _hwm_gb(pid: int) -> float | None:
     """Peak resident set (VmHWM) of a live process in GB, None once it is gone."""
     try:
@@ -282,12 +263,13 @@ def main(argv=None) -> int:
         return 0
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _common import finish, machine
+    from bench_hotpath import BYTES_PER_VOXEL_IMAGE_ITER, cost_report, memory_bandwidth
     settings = a.settings.split(",")
     groups = 1 if a.quick else a.groups
     planned = {s: (a.groups_1mm if s == "3d_1mm" and a.groups_1mm is not None else groups) for s in settings}
     t_start = time.time()
     out = {"description": __doc__, "quick": a.quick, "groups_requested": planned, "jobs": a.jobs,
-           "machine_start": machine(1), "bandwidth_bytes_per_s": bandwidth(),
+           "machine_start": machine(1), "bandwidth_bytes_per_s": memory_bandwidth(),
            "bytes_per_voxel_image_iteration_estimate": BYTES_PER_VOXEL_IMAGE_ITER,
            "gre_definition": "xreg_edu.evaluate.group_registration_error(mis.true_points(points), mean image > 0.05):"
                              " mean over images of the mean foreground distance of psi_j(x) = g_j(T_j(x)) from the "
@@ -315,8 +297,7 @@ def main(argv=None) -> int:
     cost = [r["seconds"] / r["voxel_image_iterations"] for r in out["runs"]
             if r["tool"] == "xreg_edu" and "voxel_image_iterations" in r and r["setting"] != "2d_full"]
     out["xreg_seconds_per_voxel_image_iteration_3d_median"] = c = float(np.median(cost)) if cost else None
-    out["bandwidth_bound_seconds"] = bound = BYTES_PER_VOXEL_IMAGE_ITER / out["bandwidth_bytes_per_s"]
-    out["cost_over_bound"] = c / bound if c else None
+    out["cost_vs_bandwidth_bound"] = cost_report(c, out["bandwidth_bytes_per_s"]) if c else None
     print(f"\n{'setting':12s} {'tool':9s} {'n':>3s} {'fail':>4s} {'time s':>7s} {'gRE0 mm':>8s} {'gRE mm':>7s} "
           f"{'max':>7s} {'<2mm':>5s} {'worse':>5s} {'RSS GB':>6s}")
     for s, tools in table.items():
@@ -326,9 +307,10 @@ def main(argv=None) -> int:
                   f"{f(d['gre_start_mm']['median']):8.2f} {f(d['gre_mm']['median']):7.3f} {f(d['gre_mm']['max']):7.3f} "
                   f"{f(d['success_rate_gre_lt_2mm']):5.2f} {d['worse_than_start']:5d} {d['peak_rss_gb_max']:6.2f}")
     if c:
-        print(f"\nxreg_edu 3-D cost {c * 1e9:.2f} ns per voxel x image x iteration; bandwidth "
-              f"{out['bandwidth_bytes_per_s'] / 1e9:.2f} GB/s (numpy copy) x ~{BYTES_PER_VOXEL_IMAGE_ITER} B touched "
-              f"-> bound {bound * 1e9:.3f} ns (cost / bound = {c / bound:.1f}x)")
+        b = out["cost_vs_bandwidth_bound"]
+        print(f"\nxreg_edu 3-D cost {b['ns']:.1f} ns per voxel x image x iteration (wall, grid voxels of every "
+              f"stage); bandwidth {b['bandwidth_gb_s']:.1f} GB/s (numpy copy) x {b['bytes_per_voxel_image_iteration']:.0f}"
+              f" B -> bound {b['bound_ns']:.2f} ns (cost / bound = {b['ratio']:.0f}x)")
     print("targets:", out["targets"])
     finish(a.name + ("_quick" if a.quick else ""), out, plot, 1, t_start)
     return 0
