@@ -193,7 +193,9 @@ def run_stages(images: Tensor, spacing: tuple[float, ...], transform, objective:
     line to ``LoopRecord.warnings``. ``options.init == "centroid"`` (``"auto"``: in 3-D only, where the capture range
     is short of the talk's +-30 mm; on the 2-D test slices it moved seed 5 into an 8.6 mm optimum): the first stage of a rigid/affine level whose
     parameters are still zero starts from the translations superposing the foreground centroids
-    (:func:`centre_translations`).
+    (:func:`centre_translations`). A sampled stage (``stage.sample_rate < 1``) of a linear transform warps every
+    voxel without gradient (the E-step needs them all) and differentiates the warp at its sample only
+    (:func:`_sampled_values`); it stops on the motion test only, its loss being noisy.
 
     Args:
         images: ``[N, 1, *S]`` normalised intensities.
