@@ -283,22 +283,22 @@ def main(argv=None) -> int:
                              "group mean; T_j for elastix = grid + transformix deformation field (stack axis dropped)",
            "threads": {"torch": 1, "itk": 1}, "runs": [], "stopped_early": None}
     deadline = t_start + 60 * a.max_minutes
-    for seed in range(max(planned.values())):           # round-robin: the settings get groups at the same pace
-        for s in settings:
-            if seed >= planned[s]:
-                continue
-            if time.time() > deadline:
-                out["stopped_early"] = f"time budget of {a.max_minutes} min reached before seed {seed} of {s}"
-                break
-            jobs = [(s, seed, tool) for tool in ("xreg_edu", "elastix")]
-            for batch in ([jobs] if a.jobs == 2 else [[j] for j in jobs]):
-                for r in spawn(batch, a.run_timeout):
-                    r["loadavg_after"] = list(os.getloadavg())
-                    out["runs"].append(r)
-                    print(json.dumps({k: r.get(k) for k in ("setting", "seed", "tool", "seconds", "gre_mm",
-                                                            "gre_start_mm", "peak_rss_gb", "error")}), flush=True)
-        if out["stopped_early"]:
+    # round-robin over the settings (they get groups at the same pace), the slow 1 mm setting after the others
+    order = [(s, seed) for seed in range(max(planned.values())) for s in settings if s != "3d_1mm"] + \
+        [("3d_1mm", seed) for seed in range(planned.get("3d_1mm", 0))]
+    for s, seed in order:
+        if seed >= planned[s]:
+            continue
+        if time.time() > deadline:
+            out["stopped_early"] = f"time budget of {a.max_minutes} min reached before seed {seed} of {s}"
             break
+        jobs = [(s, seed, tool) for tool in ("xreg_edu", "elastix")]
+        for batch in ([jobs] if a.jobs == 2 else [[j] for j in jobs]):
+            for r in spawn(batch, a.run_timeout):
+                r["loadavg_after"] = list(os.getloadavg())
+                out["runs"].append(r)
+                print(json.dumps({k: r.get(k) for k in ("setting", "seed", "tool", "seconds", "gre_mm",
+                                                        "gre_start_mm", "peak_rss_gb", "error")}), flush=True)
     out["table"] = table = summarise(out["runs"])
     out["targets"] = targets(table)
     cost = [r["seconds"] / r["voxel_image_iterations"] for r in out["runs"]
