@@ -233,18 +233,22 @@ def summarise(runs):
 
 
 def targets(table) -> dict:
-    """Issue 11's targets, each True / False (absent when its setting did not run)."""
+    """Issue 11's targets, each True / False (absent when its setting did not run); the time targets on wall
+    seconds and on CPU seconds of the (single-thread) process, which the load of the shared machine inflates less."""
     t = {}
     a = table.get("3d_2mm", {})
     if a.get("xreg_edu", {}).get("gre_mm", {}).get("n") and a.get("elastix", {}).get("seconds", {}).get("n"):
-        t["3d_2mm_time_le_half_elastix"] = a["xreg_edu"]["seconds"]["median"] <= 0.5 * a["elastix"]["seconds"]["median"]
+        for key, label in (("seconds", "wall"), ("cpu_seconds", "cpu")):
+            t[f"3d_2mm_{label}_time_le_half_elastix"] = \
+                a["xreg_edu"][key]["median"] <= 0.5 * a["elastix"][key]["median"]
         t["3d_2mm_gre_median_le_0.3mm"] = a["xreg_edu"]["gre_mm"]["median"] <= 0.3
     b = table.get("3d_1mm", {}).get("xreg_edu")
     if b:
         t["3d_1mm_peak_rss_lt_8GB"] = b["peak_rss_gb_max"] < 8.0 and b["failed_runs"] == 0
     c = table.get("2d_full", {}).get("xreg_edu")
     if c and c["seconds"]["n"]:
-        t["2d_full_median_le_0.5s"] = c["seconds"]["median"] <= 0.5
+        t["2d_full_wall_median_le_0.5s"] = c["seconds"]["median"] <= 0.5
+        t["2d_full_cpu_median_le_0.5s"] = c["cpu_seconds"]["median"] <= 0.5
     d = table.get("3d_2mm_talk", {}).get("xreg_edu")
     if d and d["gre_mm"]["n"]:
         t["talk_no_result_worse_than_start"] = d["worse_than_start"] == 0 and d["failed_runs"] == 0
@@ -301,23 +305,29 @@ def main(argv=None) -> int:
                                                         "gre_start_mm", "peak_rss_gb", "error")}), flush=True)
     out["table"] = table = summarise(out["runs"])
     out["targets"] = targets(table)
-    cost = [r["seconds"] / r["voxel_image_iterations"] for r in out["runs"]
-            if r["tool"] == "xreg_edu" and "voxel_image_iterations" in r and r["setting"] != "2d_full"]
-    out["xreg_seconds_per_voxel_image_iteration_3d_median"] = c = float(np.median(cost)) if cost else None
-    out["cost_vs_bandwidth_bound"] = cost_report(c, out["bandwidth_bytes_per_s"]) if c else None
-    print(f"\n{'setting':12s} {'tool':9s} {'n':>3s} {'fail':>4s} {'time s':>7s} {'gRE0 mm':>8s} {'gRE mm':>7s} "
+    xr3 = [r for r in out["runs"] if r["tool"] == "xreg_edu" and "voxel_image_iterations" in r
+           and r["setting"] != "2d_full"]
+    for key in ("seconds", "cpu_seconds"):              # wall, and CPU (less inflated by the machine's load)
+        cost = [r[key] / r["voxel_image_iterations"] for r in xr3]
+        c = float(np.median(cost)) if cost else None
+        out[f"xreg_{key}_per_voxel_image_iteration_3d_median"] = c
+        out[f"cost_vs_bandwidth_bound_{key}"] = cost_report(c, out["bandwidth_bytes_per_s"]) if c else None
+    print(f"\n{'setting':12s} {'tool':9s} {'n':>3s} {'fail':>4s} {'time s':>7s} {'cpu s':>7s} {'gRE0 mm':>8s} {'gRE mm':>7s} "
           f"{'max':>7s} {'<2mm':>5s} {'worse':>5s} {'RSS GB':>6s}")
     for s, tools in table.items():
         for t, d in tools.items():
             f = lambda x: float("nan") if x is None else x   # noqa: E731
             print(f"{s:12s} {t:9s} {d['groups']:3d} {d['failed_runs']:4d} {f(d['seconds']['median']):7.2f} "
+                  f"{f(d['cpu_seconds']['median']):7.2f} "
                   f"{f(d['gre_start_mm']['median']):8.2f} {f(d['gre_mm']['median']):7.3f} {f(d['gre_mm']['max']):7.3f} "
                   f"{f(d['success_rate_gre_lt_2mm']):5.2f} {d['worse_than_start']:5d} {d['peak_rss_gb_max']:6.2f}")
-    if c:
-        b = out["cost_vs_bandwidth_bound"]
-        print(f"\nxreg_edu 3-D cost {b['ns']:.1f} ns per voxel x image x iteration (wall, grid voxels of every "
-              f"stage); bandwidth {b['bandwidth_gb_s']:.1f} GB/s (numpy copy) x {b['bytes_per_voxel_image_iteration']:.0f}"
-              f" B -> bound {b['bound_ns']:.2f} ns (cost / bound = {b['ratio']:.0f}x)")
+    for key in ("seconds", "cpu_seconds"):
+        b = out[f"cost_vs_bandwidth_bound_{key}"]
+        if b:
+            print(f"xreg_edu 3-D cost ({key}) {b['ns']:.1f} ns per voxel x image x iteration (grid voxels of every "
+                  f"stage); bandwidth {b['bandwidth_gb_s']:.1f} GB/s (numpy copy) x "
+                  f"{b['bytes_per_voxel_image_iteration']:.0f} B -> bound {b['bound_ns']:.2f} ns "
+                  f"(cost / bound = {b['ratio']:.0f}x)")
     print("targets:", out["targets"])
     finish(a.name + ("_quick" if a.quick else ""), out, plot, 1, t_start)
     return 0
