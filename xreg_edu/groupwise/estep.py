@@ -55,9 +55,6 @@ def e_step(log_likelihood: Tensor, log_prior: Tensor, min_prob: float = 1e-3) ->
         log_prior: ``[K]`` or ``[K, P]``.
         min_prob: floor of every class probability (0 disables the clamp); after the clamp the columns are
             renormalised (the official code does not renormalise, spec §10 item 4).
-
-    X-CoReg's default E-step (histogram appearance, hard lookup) runs the fused, blocked equivalent
-    :func:`posterior_from_pmfs`, which never forms the ``[N, K, P]`` log-likelihoods (tests check they agree).
     """
     gamma = log_posterior(log_likelihood, log_prior).exp()
     if min_prob > 0:
