@@ -77,7 +77,8 @@ def train(config: BIGRConfig | None = None, *, dataset: str = "myops_cmr", disti
           steps: int = 600, batch: int = 2, lr: float = 3e-3, seed: int = 0, size: int = 64,
           group_sizes=(3,), misalignment: dict | None = None, ramp: float = 0.3, augment: float = 0.3,
           freeze_encoder: bool = True, slices=None, teacher=None, progress: bool = True, callback=None,
-          quick_steps: int = 60, device=None, encoder_state: dict | None = None) -> tuple[BIGRLite, list[dict]]:
+          quick_steps: int = 60, device=None, encoder_state: dict | None = None, teacher_classes: int | None = None,
+          anchor: float = 0.0) -> tuple[BIGRLite, list[dict]]:
     """Train BIGR-lite: stage A (distil the teacher into the encoder), stage B (heads on the MAP-ELBO).
 
     Args:
@@ -99,6 +100,10 @@ def train(config: BIGRConfig | None = None, *, dataset: str = "myops_cmr", disti
         device: training device (default: CUDA if available; DDP: ``cuda:LOCAL_RANK``).
         encoder_state: optional encoder weights to start from (e.g. a committed stage-A encoder, then
             ``distill_steps=0``).
+        teacher_classes: EM classes of the teacher (default ``config.channels``); when larger, the teacher's classes
+            are merged down to ``config.channels`` (:func:`~xreg_edu.vae.teacher.merge_plan`, from these slices).
+        anchor: weight of the distillation loss (on one aligned slice per step) kept in stage B; > 0 trains the
+            encoder jointly with the heads, anchored to the teacher (0 = encoder as ``freeze_encoder`` says).
 
     Returns:
         ``(model in eval mode, history)``: one dict per step (stage, loss, ELBO terms per voxel, seconds).
@@ -117,8 +122,10 @@ def train(config: BIGRConfig | None = None, *, dataset: str = "myops_cmr", disti
         model = model.to(ctx.device)
         if slices is None:
             slices = split_slices(dataset, size, "train")
-        if teacher is None and distill_steps > 0:
-            teacher, _ = teacher_posteriors(slices, k=cfg.channels, bins=cfg.bins, seed=seed)
+        plan = None
+        if teacher is None and (distill_steps > 0 or anchor > 0):
+            teacher, _, plan = teacher_posteriors(slices, k=teacher_classes or cfg.channels, bins=cfg.bins, seed=seed,
+                                                  classes=cfg.channels)
         gen = torch.Generator().manual_seed(seed)
         history, t0 = [], time.perf_counter()
         bar = tqdm(total=distill_steps + steps, disable=not (progress and ctx.is_main), desc=f"BIGR-lite {cfg.variant}")
@@ -147,7 +154,7 @@ def train(config: BIGRConfig | None = None, *, dataset: str = "myops_cmr", disti
 
         # stage B: registration heads on the MAP-ELBO alone
         del enc, opt  # the stage-A DDP wrapper must not see stage-B gradients
-        if freeze_encoder:
+        if freeze_encoder and anchor == 0:
             for p in model.encoder.parameters():
                 p.requires_grad_(False)
         net = dist.wrap_model(model, ctx)
@@ -165,6 +172,10 @@ def train(config: BIGRConfig | None = None, *, dataset: str = "myops_cmr", disti
                 out = net(g.images.to(ctx.device), g.spacing)
                 loss = loss + out.terms.loss() / len(local)
                 terms.append(out.terms.as_dict())
+            if anchor > 0:  # the declared distillation anchor: one aligned, augmented training slice per step
+                i = int(torch.randint(len(slices), (1,), generator=gen))
+                imgs = augment_in_place(slices[i].images, gen, augment).to(ctx.device)
+                loss = loss + anchor * distillation_loss(model.logits(imgs), teacher[i].to(ctx.device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -184,7 +195,8 @@ def train(config: BIGRConfig | None = None, *, dataset: str = "myops_cmr", disti
     model.eval()
     model.train_info = {"dataset": dataset, "distill_steps": distill_steps, "steps": steps, "batch": batch, "lr": lr,
                         "seed": seed, "size": size, "group_sizes": list(group_sizes), "misalignment": mis,
-                        "ramp": ramp, "augment": augment, "freeze_encoder": freeze_encoder,
+                        "ramp": ramp, "augment": augment, "freeze_encoder": freeze_encoder and anchor == 0,
+                        "anchor": anchor, "teacher_classes": teacher_classes or cfg.channels, "merge_plan": plan,
                         "world_size": ctx.world_size, "seconds": time.perf_counter() - t0,
                         "final_loss": history[-1]["loss"] if history else None}
     return model.cpu(), history
