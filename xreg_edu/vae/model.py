@@ -1,7 +1,7 @@
 """BIGR-lite: the hierarchical model of eq. 7–8 with inference steps #1 (geometry) and #2 (anatomy).
 
-Our reconstruction, *inspired by* Luo, Wang, Shapiro, Yuan, Feng & Zhuang, "Bayesian Intrinsic Groupwise Image
-Registration: Unsupervised Disentanglement of Anatomy and Geometry" (arXiv 2401.02141) and Wang, Luo & Zhuang
+Our reconstruction, *inspired by* Luo, Wang, Shapiro, Yuan, Feng & Zhuang, "Bayesian Unsupervised
+Disentanglement of Anatomy and Geometry for Deep Groupwise Image Registration" (arXiv 2401.02141, v2) and Wang, Luo & Zhuang
 (IPMI 2023). The official code is not public; every architectural choice below is ours (spec §9.2, tagged [R]).
 
 One forward pass, for a group of any size N:

@@ -160,3 +160,27 @@ def merge_plan(confusion: Tensor, classes: int) -> list[list[int]]:
 def merge_classes(gamma: Tensor, plan: list[list[int]]) -> Tensor:
     """Posterior of the merged classes: ``[K, *S]`` -> ``[K', *S]`` (sums over each group of ``plan``)."""
     return torch.stack([gamma[members].sum(0) for members in plan])
+
+
+def refine_with_student(model, slices, gammas, bins: int = 32, iterations: int = 10,
+                        min_prob: float = 1e-3) -> list[Tensor]:
+    """One teacher round of the alternating scheme: X-CoReg's EM on each aligned slice with the student's product
+    of experts as a spatial prior (tempered: the mean of the N experts' log-probabilities), started from the current
+    teacher. Distilling the result again closes the loop (issue 9's lever "alternating teacher/student").
+
+    Args:
+        model: a BIGR-lite model whose :meth:`~xreg_edu.vae.model.BIGRLite.logits` give K classes.
+        slices: aligned groups; gammas: their current ``[K, *S]`` teacher posteriors.
+
+    Returns:
+        the refined ``[K, *S]`` posteriors.
+    """
+    out = []
+    with torch.no_grad():
+        for s, g in zip(slices, gammas):
+            log_prior = torch.log_softmax(torch.log_softmax(model.logits(s.images), 1).mean(0).flatten(1), 0)
+            values, gamma = s.images.flatten(1), g.flatten(1)
+            for _ in range(iterations):
+                gamma = e_step(class_log_likelihood(values, values, gamma.t(), bins), log_prior, min_prob)
+            out.append(gamma.reshape(g.shape))
+    return out
