@@ -630,11 +630,12 @@ def test_item2_output_filled_during_the_run_is_not_replaced(files, tmp_path, mon
 
 
 # ---- engine: histogram range and flat objective (issue 13 items 8 and 10) ----
-@pytest.mark.parametrize("method", ["xcoreg", "ape"])
+@pytest.mark.parametrize("method", ["xcoreg", "ape", "cte", "gmm", "cg"])
 def test_item8_one_outlier_voxel_cannot_take_the_bins(_brain, method):
-    """One voxel of 1e4 in a [0, 1] image: raw min/max bins gave gRE 11.3 mm; the robust (quantile) histogram range
-    of the histogram methods X-CoReg and APE keeps the result at the clean one (CTE, CG and GMM z-score the images
-    first, and the outlier still breaks them: open)."""
+    """One voxel of 1e4 in a [0, 1] image: raw min/max bins gave gRE 11.3 mm. The robust (quantile) histogram range
+    keeps X-CoReg and APE at the clean result; CTE, GMM and CG see the images through ``_normalise``, whose plain
+    z-score let the outlier take the scale (CTE 3.63, GMM 3.48, CG 6.26 mm against 0.29, 0.35, 0.93 clean) and whose
+    winsorised z-score does not. CG is mono-modal, so on this T1/T2/FLAIR group its clean result is looser."""
     obs, mis, fg = _brain
     bad = obs.images.clone()
     bad[0, 0, 24, 24] = 1e4 * float(bad.max())
@@ -642,7 +643,7 @@ def test_item8_one_outlier_voxel_cannot_take_the_bins(_brain, method):
     for name, images in (("clean", obs.images), ("outlier", bad)):
         r = xr.register_group(images, method=method, spacing=obs.spacing, seed=0)
         gre[name] = float(xr.group_registration_error(mis.true_points(r.points), fg))
-    assert gre["clean"] < 0.5 and gre["outlier"] < gre["clean"] + 0.2, gre
+    assert gre["clean"] < (1.0 if method == "cg" else 0.5) and gre["outlier"] < gre["clean"] + 0.2, gre
 
 
 def test_item10_flat_objective_does_not_move_the_transforms(_brain):
