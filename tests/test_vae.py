@@ -181,13 +181,59 @@ def test_model_elbo_uses_one_posterior_in_both_terms():
     jac = spatial.jacobian_determinant(out.displacement.detach(), (1.0, 1.0)).clamp_min(0)
     assert float((jac - 1).abs().max()) > 1e-3                          # the change of variables is not trivial
     w = (fov * jac).flatten(1)
-    logf = E.class_log_density(out.warped.detach().flatten(1), q, "parzen", 32, weights=w)
-    assert float(t.reconstruction.detach()) == pytest.approx(float(E.expected_log_likelihood(logf, q, w)), rel=1e-5)
+    log_f = E.fit_class_density(out.warped.detach().flatten(1), q, "parzen", 32, weights=w)
+    # image voxels that no common-space voxel reaches: anatomy marginalised under π, by hand
+    inv = spatial.identity_grid((16, 16), (1.0, 1.0)) + model.field_to_displacement(out.field.detach(), (1.0, 1.0),
+                                                                                     inverse=True)
+    outside = 1 - spatial.inside_fov(inv, (16, 16), (1.0, 1.0)).float().flatten(1)
+    assert float(outside.sum()) > 0
+    lf = log_f(images.flatten(1))                                      # [N, K, M]
+    marginal = sum(float(outside[j, y]) * math.log(sum(float(out.prior[k]) * math.exp(float(lf[j, k, y]))
+                                                       for k in range(3)))
+                   for j in range(3) for y in range(256))
+    hand = float(E.expected_log_likelihood(log_f(out.warped.detach().flatten(1)), q, w)) + marginal
+    assert float(t.reconstruction.detach()) == pytest.approx(hand, rel=1e-5)
     assert float(t.kl_anatomy.detach()) == pytest.approx(float(E.kl_categorical(q, out.prior.log())), rel=1e-5)
     q0 = poe_categorical(torch.log(out.warped_representation.detach().clamp_min(1e-6)), weights=fov)
     assert torch.allclose(out.prior, q0.flatten(2)[0].mean(1), atol=1e-5)  # closed-form π = mean of the PoE
     assert float(t.kl_geometry.detach()) == pytest.approx(float(E.kl_geometry_delta(out.field.detach(), (1.0, 1.0), 0.1)),
                                                  rel=1e-5)
+
+
+def test_merge_plan_merges_the_pair_only_one_sequence_separates():
+    from xreg_edu.vae.teacher import merge_classes, merge_plan, pair_confusion
+
+    # 3 sequences, 4 classes of mass 10: sequence 0 alone confuses (0, 1) completely; sequences 0 and 1 confuse
+    # (2, 3) by 40 %, sequence 2 separates them. "Separated by at most one sequence" is (2, 3), not (0, 1).
+    c = torch.zeros(3, 4, 4)
+    c[:, range(4), range(4)] = 10.0
+    c[0, 0, 0] = c[0, 1, 1] = c[0, 0, 1] = c[0, 1, 0] = 5.0
+    for j in (0, 1):
+        c[j, 2, 2] = c[j, 3, 3] = 6.0
+        c[j, 2, 3] = c[j, 3, 2] = 4.0
+    pc = pair_confusion(c)
+    assert float(pc[0, 0, 1]) == pytest.approx(0.5) and float(pc[1, 2, 3]) == pytest.approx(0.4)
+    assert float(pc[2, 2, 3]) == 0.0 and float(pc[0, 0, 0]) == 0.0
+    assert merge_plan(c, 3) == [[0], [1], [2, 3]]
+    assert merge_plan(c, 4) == [[0], [1], [2], [3]]
+    with pytest.raises(ValueError, match="classes must be in 1..4"):
+        merge_plan(c, 5)
+    gamma = torch.softmax(torch.randn(4, 5, 5), 0)
+    merged = merge_classes(gamma, [[0], [1], [2, 3]])
+    assert torch.allclose(merged[2], gamma[2] + gamma[3]) and torch.allclose(merged.sum(0), torch.ones(5, 5))
+
+
+def test_sequence_confusion_by_hand():
+    from xreg_edu.group import ImageGroup
+    from xreg_edu.vae.teacher import sequence_confusion
+
+    # class 0 = left half, class 1 = right half; sequence 0 shows the halves, sequence 1 is flat noise-free
+    gamma = torch.zeros(2, 4, 4)
+    gamma[0, :, :2], gamma[1, :, 2:] = 1.0, 1.0
+    img = torch.stack([gamma[1], torch.ones(4, 4)]).unsqueeze(1)
+    c = sequence_confusion([ImageGroup(images=img, spacing=(1.0, 1.0), names=["a", "b"])], [gamma], bins=8)
+    assert torch.allclose(c[0], torch.diag(torch.tensor([8.0, 8.0])), atol=1e-4)   # read perfectly
+    assert torch.allclose(c[1], torch.full((2, 2), 4.0), atol=1e-4)                # read as the prior
 
 
 # ------------------------------------------------------------------------------------------------ product of experts

@@ -1,7 +1,7 @@
 """BIGR-lite: a hierarchical VAE for groupwise registration (eq. 7–9), disentangling anatomy from geometry.
 
-**Our reconstruction, inspired by** Luo, Wang, Shapiro, Yuan, Feng & Zhuang, "Bayesian Intrinsic Groupwise Image
-Registration: Unsupervised Disentanglement of Anatomy and Geometry" (arXiv 2401.02141) and Wang, Luo & Zhuang,
+**Our reconstruction, inspired by** Luo, Wang, Shapiro, Yuan, Feng & Zhuang, "Bayesian Unsupervised
+Disentanglement of Anatomy and Geometry for Deep Groupwise Image Registration" (arXiv 2401.02141, v2) and Wang, Luo & Zhuang,
 "Bayesian intrinsic groupwise registration via explicit hierarchical disentanglement" (IPMI 2023). Their code is not
 public; the architecture, posterior details and training schedule here are our own choices (spec §9.2, tag [R]).
 

@@ -9,16 +9,22 @@ Our reconstruction, *inspired by* Luo et al. (arXiv 2401.02141); the official co
 Categorical anatomy (C variants), z(x) ∈ {1..K} independent over the common-space voxels x, prior p(z(x) = k) = π_k:
 
     reconstruction = Σ_j Σ_x w_j(x) Σ_k q_k(x) log f_jk(u_j(φ_j(x)))     (exact expectation, no decoded mean)
+                     + Σ_j Σ_y m_j(y) log Σ_k π_k f_jk(u_j(y))             (image voxels outside the common space)
     kl_anatomy     = Σ_x Σ_k q_k(x) (log q_k(x) − log π_k)
 
 with f_jk the intensity density of class k in image j, fitted in closed form (weighted maximum likelihood, treated as
 a constant of the step = an M-step): a per-class Gaussian N(μ_jk, σ²_jk), or the cubic B-spline Parzen density of
 X-CoReg, ``f_jk(u) = Σ_b p_jk(b) β(s(u) − b) / Δ`` with ``p_jk`` the posterior-weighted class histogram (a proper
-density: it integrates to one). w_j(x) = 1 where φ_j(x) lies inside image j's field of view, else 0.
+density: it integrates to one). w_j(x) = |det Dφ_j(x)| where φ_j(x) lies inside image j's field of view, else 0
+(change of variables). m_j(y) = 1 for the image voxels y that no common-space voxel reaches (φ_j⁻¹(y) outside the
+common grid): the anatomy there is not shared with any other image, z is drawn from the prior and marginalised
+exactly. Without that term the objective forgets those voxels, and sliding images out of the common field of view
+becomes a way to raise it (measured: the P variants' collapse, chapter 9).
 
 Gaussian anatomy (P variants), z(x) ∈ R^C, prior N(0, I), q(z(x)) = N(m(x), diag s²(x)), pointwise linear-Gaussian
 appearance u_j = a_j·z + b_j + N(0, σ²_j): the expectation is exact in closed form,
-``E_q[(u − a·z − b)²] = (u − a·m − b)² + Σ_c a_c² s_c²``, and (a_j, b_j, σ²_j) are fitted in closed form.
+``E_q[(u − a·z − b)²] = (u − a·m − b)² + Σ_c a_c² s_c²``, and (a_j, b_j, σ²_j) are fitted in closed form; an
+image voxel outside the common space has the marginal ``N(b_j, ‖a_j‖² + σ²_j)``.
 
 Geometry: q(v|u) is a point mass (deterministic heads), so the objective is a **MAP-ELBO**: kl_geometry is
 ``−log p(v̂)`` of the Gaussian smoothness prior ``λ/2 Σ ‖∇v‖²`` up to constants (the point mass's entropy and the
@@ -101,18 +107,32 @@ def parzen_class_log_density(values: Tensor, pmf: Tensor, lo: Tensor, width: Ten
     return torch.log(dens.clamp_min(EPS)) - torch.log(width).unsqueeze(1)
 
 
-def class_log_density(values: Tensor, q: Tensor, appearance: str = "parzen", bins: int = 32,
-                      weights: Tensor | None = None) -> Tensor:
-    """Fit f_jk in closed form to (values, q) and evaluate ``log f_jk(values)``: ``[N, K, M]``.
+def fit_class_density(values: Tensor, q: Tensor, appearance: str = "parzen", bins: int = 32,
+                      weights: Tensor | None = None):
+    """Fit f_jk in closed form to (values, q); returns ``log f_jk`` as a function ``[N, M'] -> [N, K, M']``.
 
     Args:
         appearance: ``"parzen"`` (nonparametric, X-CoReg's) or ``"gaussian"`` (class-specific variances).
     """
     if appearance == "gaussian":
-        return gaussian_class_log_density(values, *gaussian_class_fit(values, q, weights))
+        mu, var = gaussian_class_fit(values, q, weights)
+        return lambda u: gaussian_class_log_density(u, mu, var)
     if appearance == "parzen":
-        return parzen_class_log_density(values, *parzen_class_fit(values, q, bins, weights), bins)
+        pmf, lo, width = parzen_class_fit(values, q, bins, weights)
+        return lambda u: parzen_class_log_density(u, pmf, lo, width, bins)
     raise ValueError(f"appearance must be 'parzen' or 'gaussian', got {appearance!r}")
+
+
+def class_log_density(values: Tensor, q: Tensor, appearance: str = "parzen", bins: int = 32,
+                      weights: Tensor | None = None) -> Tensor:
+    """Fit f_jk in closed form to (values, q) and evaluate ``log f_jk(values)``: ``[N, K, M]``."""
+    return fit_class_density(values, q, appearance, bins, weights)(values)
+
+
+def marginal_log_likelihood(log_f: Tensor, log_pi: Tensor, mask: Tensor) -> Tensor:
+    """``Σ_j Σ_y m_j(y) log Σ_k π_k f_jk(u_j(y))``: image voxels whose anatomy no common-space voxel carries
+    (z drawn from the prior there, marginalised exactly). ``[N, K, M]``, ``[K]``, ``[N, M]`` -> 0-dim."""
+    return (torch.logsumexp(log_f + log_pi.view(1, -1, 1), 1) * mask).sum()
 
 
 def expected_log_likelihood(log_f: Tensor, q: Tensor, weights: Tensor | None = None) -> Tensor:
@@ -174,6 +194,14 @@ def linear_gaussian_expected_log_likelihood(mean: Tensor, var: Tensor, values: T
     per = -0.5 * (_expected_sq_residual(mean, var, values, coef) / noise.unsqueeze(-1)
                   + torch.log(noise).unsqueeze(-1) + LOG_2PI)
     return (per if weights is None else per * weights).sum()
+
+
+def linear_gaussian_marginal_log_likelihood(values: Tensor, coef: Tensor, noise: Tensor, mask: Tensor) -> Tensor:
+    """``Σ_j Σ_y m_j(y) log N(u_j(y); b_j, ‖a_j‖² + σ²_j)``: the P counterpart of :func:`marginal_log_likelihood`
+    (z ~ N(0, I) marginalised): ``[N, M]``, ``[N, C + 1]``, ``[N]``, ``[N, M]`` -> 0-dim."""
+    var = coef[:, :-1].pow(2).sum(1, keepdim=True) + noise.unsqueeze(-1)
+    per = -0.5 * ((values - coef[:, -1:]).pow(2) / var + torch.log(var) + LOG_2PI)
+    return (per * mask).sum()
 
 
 # ------------------------------------------------------------------------------------------- geometry prior

@@ -1,7 +1,7 @@
 """BIGR-lite: the hierarchical model of eq. 7–8 with inference steps #1 (geometry) and #2 (anatomy).
 
-Our reconstruction, *inspired by* Luo, Wang, Shapiro, Yuan, Feng & Zhuang, "Bayesian Intrinsic Groupwise Image
-Registration: Unsupervised Disentanglement of Anatomy and Geometry" (arXiv 2401.02141) and Wang, Luo & Zhuang
+Our reconstruction, *inspired by* Luo, Wang, Shapiro, Yuan, Feng & Zhuang, "Bayesian Unsupervised
+Disentanglement of Anatomy and Geometry for Deep Groupwise Image Registration" (arXiv 2401.02141, v2) and Wang, Luo & Zhuang
 (IPMI 2023). The official code is not public; every architectural choice below is ours (spec §9.2, tagged [R]).
 
 One forward pass, for a group of any size N:
@@ -16,8 +16,10 @@ One forward pass, for a group of any size N:
    reconstruction and the KL.
 4. Likelihood: exact E_q[log p(u|z,v)] with pointwise class-conditional appearance fitted in closed form
    (:mod:`xreg_edu.vae.elbo`), evaluated **in the common space** on u_j ∘ φ_j, as X-CoReg does, each voxel weighted
-   by |det Dφ_j| (change of variables, so the sum stands for the image-space likelihood). Declared: the image-space
-   version needs γ warped back, which blurs it (spec §9.2).
+   by |det Dφ_j| (change of variables, so the sum stands for the image-space likelihood); the image voxels that
+   no common-space voxel reaches (φ_j⁻¹(y) outside the grid) enter with their anatomy marginalised under the prior,
+   so that no image voxel drops out of the likelihood. Declared: the image-space version needs γ warped back,
+   which blurs it (spec §9.2).
 
 Variants: "CD", "CN", "PD", "PN" (C = categorical anatomy, P = Gaussian features; D = diffeomorphic SVF, N =
 displacement). The letters' meaning in the talk is itself our reading (spec §9.1).
@@ -187,6 +189,11 @@ class BIGRLite(nn.Module):
                                              dilations=cfg.dilations)
         self.heads = nn.ModuleList(
             RegistrationHead(cfg.dim, cfg.channels, cfg.head_width, cfg.max_step_mm) for _ in cfg.levels)
+        if gauss:
+            # P: a per-channel log-variance offset of the experts, trained with the heads on the ELBO (the
+            # distilled encoder is frozen): it sets how many nats the features cost in KL against what they buy
+            # in reconstruction; without it, frozen over-confident experts make abstaining pay (chapter 9)
+            self.logvar_offset = nn.Parameter(torch.zeros(cfg.channels))
 
     # ------------------------------------------------------------------------------------------------ pieces
     def represent(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -194,7 +201,8 @@ class BIGRLite(nn.Module):
         out = self.encoder(images)
         if self.config.categorical:
             return torch.softmax(out, dim=1), None
-        return out
+        mean, logvar = out
+        return mean, logvar + self.logvar_offset.view(1, -1, *([1] * self.config.dim))
 
     def logits(self, images: Tensor) -> Tensor:
         """Class scores of each image's expert (C: logits; P: the feature means read as logits), ``[N, K, *S]``:
@@ -271,13 +279,19 @@ class BIGRLite(nn.Module):
         # into many common voxels raises the objective)
         jac = spatial.jacobian_determinant(disp, spacing).clamp_min(0)
         values, w = warped.flatten(1), (votes * jac).flatten(1)                      # [N, M]
+        # image voxels that no common-space voxel reaches: their anatomy is marginalised under the prior
+        inv_points = grid + self.field_to_displacement(fld, spacing, inverse=True)
+        outside = 1 - spatial.inside_fov(inv_points, shape, spacing).to(images.dtype).flatten(1)
+        own = images.flatten(1)
         if cfg.categorical:
             q0, _ = self.product_of_experts(warped_maps, None, votes)
             pi = E.class_proportions(_flat(q0))                                      # closed-form prior update
             post, post_var = self.product_of_experts(warped_maps, None, votes, log_prior=pi.log())
             q = _flat(post)
-            log_f = E.class_log_density(values, q, cfg.appearance, cfg.bins, weights=w)
-            rec = E.expected_log_likelihood(log_f, q, w)
+            log_f = E.fit_class_density(values, q, cfg.appearance, cfg.bins, weights=w)
+            rec = E.expected_log_likelihood(log_f(values), q, w)
+            if outside.any():
+                rec = rec + E.marginal_log_likelihood(log_f(own), pi.log(), outside)
             kl_z = E.kl_categorical(q, pi.log())
             appearance = E.gaussian_class_fit(values, q, w)[0]
         else:
@@ -286,6 +300,8 @@ class BIGRLite(nn.Module):
             m, s2 = _flat(post), _flat(post_var)
             coef, noise = E.linear_gaussian_fit(m, s2, values, w)
             rec = E.linear_gaussian_expected_log_likelihood(m, s2, values, coef, noise, w)
+            if outside.any():
+                rec = rec + E.linear_gaussian_marginal_log_likelihood(own, coef, noise, outside)
             kl_z = E.kl_gaussian_standard(post, post_var.log())
             appearance, pi = coef, None
         kl_v = E.kl_geometry_delta(fld, spacing, cfg.lam)

@@ -1,7 +1,7 @@
 """Networks of BIGR-lite: a shared structural encoder and a shared registration head.
 
-Our reconstruction, *inspired by* Luo et al., "Bayesian Intrinsic Groupwise Image Registration" (arXiv 2401.02141)
-and Wang, Luo & Zhuang (IPMI 2023). The official code is not public; these architectures are our own choice
+Our reconstruction, *inspired by* Luo et al., "Bayesian Unsupervised Disentanglement of Anatomy and Geometry for
+Deep Groupwise Image Registration" (arXiv 2401.02141, v2) and Wang, Luo & Zhuang (IPMI 2023). The official code is not public; these architectures are our own choice
 (spec §9.2): small, fully convolutional, the same weights for every image of a group, so that a group of any size N
 can be processed.
 
@@ -144,9 +144,10 @@ class RegistrationHead(nn.Module):
         self.enc3 = conv(width, width, 3, padding=1)
         self.dec2 = conv(2 * width, width, 3, padding=1)
         self.dec1 = conv(2 * width, width, 3, padding=1)
-        self.out = conv(width, dim, 3, padding=1)
+        # no bias: a constant increment is removed by the group-mean subtraction below, so a bias would have an
+        # exactly-zero gradient that Adam turns into full-size steps on rounding noise
+        self.out = conv(width, dim, 3, padding=1, bias=False)
         nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
 
     def _pool(self, x: Tensor) -> Tensor:
         return F.avg_pool2d(x, 2, ceil_mode=True) if self.dim == 2 else F.avg_pool3d(x, 2, ceil_mode=True)

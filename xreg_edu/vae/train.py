@@ -7,7 +7,7 @@ Two stages (:func:`train`):
 
 - **A, unsupervised warm start (declared).** The encoder is distilled towards X-CoReg's EM posterior of natively
   aligned *training* slices (:mod:`xreg_edu.vae.teacher`; class order made consistent by Hungarian matching of
-  intensity profiles). Contrast augmentation replaces a member's image in place by a random monotone remap of itself
+  intensity profiles; with ``teacher_classes`` > K the EM classes that only one sequence separates are merged). Contrast augmentation replaces a member's image in place by a random monotone remap of itself
   (never an extra member).
 - **B, registration.** The encoder is frozen (default) and the heads minimise the negative MAP-ELBO per voxel on
   misaligned training groups (random SVF misalignment, magnitude ramped up over the first 30 % of stage B).
@@ -37,6 +37,7 @@ from torch import Tensor
 from .._env import is_quick
 from . import distributed as dist
 from .data import MISALIGNMENT, GroupSampler, intensity_remap, split_slices
+from .inference import true_correction_field
 from .model import BIGRConfig, BIGRLite, pair_agreement
 from .teacher import distillation_loss, teacher_posteriors
 from .weights import load_weights, save_weights
@@ -45,9 +46,11 @@ FORMAT = "xreg_edu.vae/bigr-lite-v2"
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 #: the loss of every shipped weight file, stated in its JSON
 OBJECTIVE = ("stage A: mean cross-entropy of each image's expert against X-CoReg's EM posterior of its natively "
-             "aligned training slice (unsupervised teacher, K classes, Hungarian-matched class order); stage B: "
-             "negative MAP-ELBO of eq. 9 per voxel (exact expected log-likelihood, closed-form f_jk, "
-             "class-proportion prior, smoothness prior lam), encoder frozen. No labels, no simulated field.")
+             "aligned training slice (unsupervised teacher; Hungarian-matched class order; EM classes merged down to "
+             "the student's K by the per-sequence confusion of the training slices); stage B: negative MAP-ELBO of "
+             "eq. 9 per voxel (exact expected log-likelihood, closed-form f_jk, image voxels outside the common "
+             "space with their prior-marginal likelihood, class-proportion prior, smoothness prior lam), encoder "
+             "frozen (P: its per-channel log-variance offset trained with the heads). No labels, no simulated field.")
 
 
 def quick_mode() -> bool:
@@ -77,7 +80,8 @@ def train(config: BIGRConfig | None = None, *, dataset: str = "myops_cmr", disti
           steps: int = 600, batch: int = 2, lr: float = 3e-3, seed: int = 0, size: int = 64,
           group_sizes=(3,), misalignment: dict | None = None, ramp: float = 0.3, augment: float = 0.3,
           freeze_encoder: bool = True, slices=None, teacher=None, progress: bool = True, callback=None,
-          quick_steps: int = 60, device=None, encoder_state: dict | None = None) -> tuple[BIGRLite, list[dict]]:
+          quick_steps: int = 60, device=None, encoder_state: dict | None = None, teacher_classes: int | None = None,
+          anchor: float = 0.0, field_regression: float = 0.0) -> tuple[BIGRLite, list[dict]]:
     """Train BIGR-lite: stage A (distil the teacher into the encoder), stage B (heads on the MAP-ELBO).
 
     Args:
@@ -99,6 +103,13 @@ def train(config: BIGRConfig | None = None, *, dataset: str = "myops_cmr", disti
         device: training device (default: CUDA if available; DDP: ``cuda:LOCAL_RANK``).
         encoder_state: optional encoder weights to start from (e.g. a committed stage-A encoder, then
             ``distill_steps=0``).
+        teacher_classes: EM classes of the teacher (default ``config.channels``); when larger, the teacher's classes
+            are merged down to ``config.channels`` (:func:`~xreg_edu.vae.teacher.merge_plan`, from these slices).
+        anchor: weight of the distillation loss (on one aligned slice per step) kept in stage B; > 0 trains the
+            encoder jointly with the heads, anchored to the teacher (0 = encoder as ``freeze_encoder`` says).
+        field_regression: **supervised ablation only** — weight of the mean squared error (mm²) between the
+            predicted latent field and the simulated true correction, added to the stage-B loss. Never used for
+            shipped weights (their JSON lists no supervised term); recorded in ``train_info``.
 
     Returns:
         ``(model in eval mode, history)``: one dict per step (stage, loss, ELBO terms per voxel, seconds).
@@ -110,6 +121,9 @@ def train(config: BIGRConfig | None = None, *, dataset: str = "myops_cmr", disti
         distill_steps, steps = min(distill_steps, quick_steps), min(steps, quick_steps)
     torch.set_flush_denormal(True)
     with dist.session(device) as ctx:
+        if anchor > 0 and ctx.world_size > 1:
+            raise ValueError("anchor > 0 runs its distillation term outside the DDP wrapper: train it in one process "
+                             "(or use anchor=0 under torchrun)")
         torch.manual_seed(seed)
         model = BIGRLite(cfg)
         if encoder_state is not None:
@@ -117,8 +131,10 @@ def train(config: BIGRConfig | None = None, *, dataset: str = "myops_cmr", disti
         model = model.to(ctx.device)
         if slices is None:
             slices = split_slices(dataset, size, "train")
-        if teacher is None and distill_steps > 0:
-            teacher, _ = teacher_posteriors(slices, k=cfg.channels, bins=cfg.bins, seed=seed)
+        plan = None
+        if teacher is None and (distill_steps > 0 or anchor > 0):
+            teacher, _, plan = teacher_posteriors(slices, k=teacher_classes or cfg.channels, bins=cfg.bins, seed=seed,
+                                                  classes=cfg.channels)
         gen = torch.Generator().manual_seed(seed)
         history, t0 = [], time.perf_counter()
         bar = tqdm(total=distill_steps + steps, disable=not (progress and ctx.is_main), desc=f"BIGR-lite {cfg.variant}")
@@ -147,7 +163,7 @@ def train(config: BIGRConfig | None = None, *, dataset: str = "myops_cmr", disti
 
         # stage B: registration heads on the MAP-ELBO alone
         del enc, opt  # the stage-A DDP wrapper must not see stage-B gradients
-        if freeze_encoder:
+        if freeze_encoder and anchor == 0:
             for p in model.encoder.parameters():
                 p.requires_grad_(False)
         net = dist.wrap_model(model, ctx)
@@ -158,13 +174,19 @@ def train(config: BIGRConfig | None = None, *, dataset: str = "myops_cmr", disti
         for step in range(steps):
             frac = min(1.0, step / max(1.0, ramp * steps)) if ramp > 0 else 1.0
             sampler.misalignment = {**mis, "magnitude_mm": full * frac}
-            groups = [sampler()[0] for _ in range(batch)]
-            local = dist.shard(groups, ctx)
+            local = dist.shard([sampler() for _ in range(batch)], ctx)
             loss, terms = 0.0, []
-            for g in local:
+            for g, truth in local:
                 out = net(g.images.to(ctx.device), g.spacing)
                 loss = loss + out.terms.loss() / len(local)
+                if field_regression > 0:  # SUPERVISED ablation: the simulated correction enters the loss
+                    target = true_correction_field(model, truth).to(out.field)
+                    loss = loss + field_regression * (out.field - target).pow(2).mean() / len(local)
                 terms.append(out.terms.as_dict())
+            if anchor > 0:  # the declared distillation anchor: one aligned, augmented training slice per step
+                i = int(torch.randint(len(slices), (1,), generator=gen))
+                imgs = augment_in_place(slices[i].images, gen, augment).to(ctx.device)
+                loss = loss + anchor * distillation_loss(model.logits(imgs), teacher[i].to(ctx.device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -184,7 +206,8 @@ def train(config: BIGRConfig | None = None, *, dataset: str = "myops_cmr", disti
     model.eval()
     model.train_info = {"dataset": dataset, "distill_steps": distill_steps, "steps": steps, "batch": batch, "lr": lr,
                         "seed": seed, "size": size, "group_sizes": list(group_sizes), "misalignment": mis,
-                        "ramp": ramp, "augment": augment, "freeze_encoder": freeze_encoder,
+                        "ramp": ramp, "augment": augment, "freeze_encoder": freeze_encoder and anchor == 0,
+                        "anchor": anchor, "field_regression": field_regression, "teacher_classes": teacher_classes or cfg.channels, "merge_plan": plan,
                         "world_size": ctx.world_size, "seconds": time.perf_counter() - t0,
                         "final_loss": history[-1]["loss"] if history else None}
     return model.cpu(), history
@@ -285,6 +308,9 @@ def main(argv=None) -> None:
     p.add_argument("--appearance", default=None, choices=["parzen", "gaussian"])
     p.add_argument("--lam", type=float, default=None, help="precision of the smoothness prior p(v)")
     p.add_argument("--magnitude", type=float, default=None, help="misalignment magnitude (mm)")
+    p.add_argument("--teacher-classes", type=int, default=None,
+                   help="EM classes of the teacher, merged down to --channels (default: --channels)")
+    p.add_argument("--anchor", type=float, default=0.0, help="distillation weight kept in stage B (trains the encoder)")
     p.add_argument("--joint", action="store_true", help="keep training the encoder in stage B")
     p.add_argument("--device", default=None)
     p.add_argument("--out", default=None)
@@ -300,7 +326,8 @@ def main(argv=None) -> None:
     torch.set_num_threads(max(1, a.threads))
     model, hist = train(BIGRConfig(**overrides), dataset=a.dataset, distill_steps=a.distill_steps, steps=a.steps,
                         batch=a.batch, lr=a.lr, seed=a.seed, size=a.size, misalignment=mis,
-                        freeze_encoder=not a.joint, progress=not a.no_progress, device=a.device)
+                        freeze_encoder=not a.joint, progress=not a.no_progress, device=a.device,
+                        teacher_classes=a.teacher_classes, anchor=a.anchor)
     if not dist.launched_by_torchrun() or int(__import__("os").environ.get("RANK", "0")) == 0:
         val = split_slices(a.dataset, a.size, "val")
         meta = {"command": "python -m xreg_edu.vae.train " + " ".join(shlex.quote(x) for x in
