@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import nibabel as nib
 import numpy as np
@@ -131,3 +132,51 @@ def test_datasets_command(capsys):
     assert "open_ms:" in capsys.readouterr().out
     assert main(["datasets", "no_such_set"]) == 2
     assert "unknown dataset" in capsys.readouterr().err
+
+
+def test_register_uses_the_grids_default_schedule(tmp_path, monkeypatch):
+    """A 3-D group gets the same default schedule (pyramid) from the CLI as from ``register_group``; a flag
+    overrides only its own field."""
+    import xreg_edu.groupwise as gw
+    from xreg_edu.groupwise.schedule import default_schedule
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for j in range(2):
+        p = tmp_path / f"v{j}.nii.gz"
+        nib.save(nib.Nifti1Image(rng.random((48, 44, 40)).astype(np.float32), np.eye(4)), str(p))
+        paths.append(str(p))
+    seen = []
+
+    def fake(group, **kw):
+        seen.append(kw["schedule"])
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(gw, "register_group", fake)
+    assert main(["register", *paths, "-o", str(tmp_path / "a")]) == 2
+    assert main(["register", *paths, "-o", str(tmp_path / "b"), "--iterations", "3"]) == 2
+    assert main(["register", *paths, "-o", str(tmp_path / "c"), "--pyramid", "2"]) == 2
+    default = default_schedule((48, 44, 40), (1.0, 1.0, 1.0))
+    assert default.pyramid > 1                       # the case the CLI used to miss (it always sent pyramid=1)
+    assert seen[0] is None
+    assert seen[1].iterations == 3 and seen[1].pyramid == default.pyramid
+    assert seen[2].pyramid == 2
+
+
+def test_staging_folders_of_killed_runs_are_removed(nifti_group, tmp_path):
+    """A run killed with SIGKILL cannot clean up its hidden ``.OUT.partial-PID-*`` folder; the next run beside it
+    removes those whose process is gone and leaves a live run's folder alone."""
+    import subprocess
+    import sys
+
+    paths, *_ = nifti_group
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".out.partial-{dead.pid}-k1ll3d00"
+    stale.mkdir()
+    (stale / "warped_T1.nii.gz").write_bytes(b"half a file")
+    live = tmp_path / f".out.partial-{os.getpid()}-l1ve0000"
+    live.mkdir()
+    assert main(["register", *paths, "-o", str(tmp_path / "out"), "--iterations", "4", "--no-png"]) == 0
+    assert not stale.exists() and live.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", live.name])

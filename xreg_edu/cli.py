@@ -11,16 +11,17 @@
 (inputs before/after and the objective curve), then ``manifest.json`` (every file's size and sha256) last. All of
 it is written into a temporary folder beside ``OUT`` that is renamed onto ``OUT`` only when complete, so ``OUT``
 either holds a whole result (with its manifest) or nothing new; a failing write or Ctrl-C leaves the previous
-state. A non-empty ``OUT`` is refused unless ``--overwrite`` (which replaces the previous xreg-edu outputs as a
-whole, never mixing two runs). Input errors (unreadable file, differing dimensionality, grid or affine without
+state (a run killed outright leaves only its hidden staging folder, which the next run beside ``OUT`` removes).
+A non-empty ``OUT`` is refused unless ``--overwrite`` (which replaces the previous xreg-edu outputs as a whole,
+never mixing two runs). Input errors (unreadable file, differing dimensionality, grid or affine without
 ``--resample``, a single image, non-finite voxels, bad option values, an unusable output folder) print one clear
 line and exit with status 2, before any registration runs; a failed write exits with 1, Ctrl-C with 130.
 """
 from __future__ import annotations
 
 import argparse
+import glob
 import json
-import math
 import os
 import re
 import shutil
@@ -59,9 +60,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--classes", type=int, default=4, help="number of classes K (default 4)")
     r.add_argument("--iterations", type=int, default=None, help="iteration budget per stage (default per transform)")
     r.add_argument("--step-size", type=float, default=None, help="step size eta in mm per step (default per transform)")
-    r.add_argument("--bins", type=int, default=32, help="histogram bins L (default 32)")
-    r.add_argument("--sample-rate", type=float, default=1.0, help="voxel sampling rate rho in (0, 1] (default 1)")
-    r.add_argument("--pyramid", type=int, default=1, help="resolution levels (default 1)")
+    r.add_argument("--bins", type=int, default=None, help="histogram bins L (default 32)")
+    r.add_argument("--sample-rate", type=float, default=None,
+                   help="voxel sampling rate rho in (0, 1] (default: the grid's default schedule)")
+    r.add_argument("--pyramid", type=int, default=None,
+                   help="resolution levels (default: the grid's default schedule, e.g. 3 for a 2 mm brain)")
     r.add_argument("--alpha", type=float, default=None, help="regularisation weight of FFD/SVF levels")
     r.add_argument("--control-spacing", type=float, default=None, help="FFD control / SVF lattice spacing in mm")
     r.add_argument("--mask", default=None, help="optional foreground mask NIfTI on the same grid")
@@ -83,42 +86,94 @@ class CLIError(Exception):
 
 
 # --------------------------------------------------------------------------------------------- register
-def _check_options(args) -> None:
-    """Option values that argparse cannot check (exit 2 before anything is read or run)."""
+# flag -> (option object, field) whose __post_init__ checks the value: one set of rules for the API and the CLI
+_OPTION_FLAGS = {"--bins": ("objective", "bins"), "--step-size": ("schedule", "step_size"),
+                 "--iterations": ("schedule", "iterations"), "--pyramid": ("schedule", "pyramid"),
+                 "--sample-rate": ("schedule", "sample_rate")}
+_HINTS = {"--control-spacing": "mm between control points; must be a finite number > 0, e.g. 20",
+          "--step-size": "mm per step; must be a finite number > 0",
+          "--sample-rate": "fraction of voxels; must be in (0, 1]"}
+
+
+def _flag_error(flag: str, value, err: Exception) -> CLIError:
+    hint = _HINTS.get(flag, str(err))
+    return CLIError(f"invalid {flag} {value} ({hint})")
+
+
+def _build_options(args) -> tuple:
+    """``(transform levels, objective options, schedule overrides)`` from the flags, each value checked by the
+    option object that holds it (exit 2 before anything is read or run)."""
+    from ._checks import check_classes
+    from .groupwise import ObjectiveOptions, ScheduleOptions, parse_transform
+
+    makers = {"objective": ObjectiveOptions, "schedule": ScheduleOptions}
+    given = {}
+    for flag, (kind, name) in _OPTION_FLAGS.items():
+        value = getattr(args, name)
+        if value is None:
+            continue
+        try:
+            makers[kind](**{name: value})
+        except (ValueError, TypeError) as err:
+            raise _flag_error(flag, value, err) from err
+        given[name] = value
+    try:
+        check_classes(args.classes)
+    except (ValueError, TypeError) as err:
+        raise _flag_error("--classes", args.classes, err) from err
+    for flag, name in (("--alpha", "alpha"), ("--control-spacing", "control_spacing")):
+        value = getattr(args, name)
+        if value is not None:
+            kind = "ffd" if name == "control_spacing" else "svf"
+            try:
+                parse_transform(kind, **{name: value})
+            except (ValueError, TypeError) as err:
+                raise _flag_error(flag, value, err) from err
+    try:
+        levels = parse_transform(args.transform, alpha=args.alpha, control_spacing=args.control_spacing,
+                                 velocity_spacing=args.control_spacing)
+    except (ValueError, TypeError) as err:
+        raise _flag_error("--transform", args.transform, err) from err
+    objective = ObjectiveOptions(bins=given.pop("bins", ObjectiveOptions.bins))
+    return levels, objective, given
+
+
+def _schedule(overrides: dict, shape, spacing):
+    """The default schedule of this grid (:func:`~xreg_edu.groupwise.schedule.default_schedule`) with the flags
+    the user gave; ``None`` (the same default) when none was given. A given ``--pyramid`` starts from
+    :class:`~xreg_edu.groupwise.ScheduleOptions` defaults instead (the default schedule's per-stage values are
+    sized for its own pyramid)."""
+    import dataclasses
+
+    from .groupwise import ScheduleOptions
+    from .groupwise.schedule import default_schedule
+
+    if not overrides:
+        return None
+    if "pyramid" in overrides:
+        return ScheduleOptions(**overrides)
+    return dataclasses.replace(default_schedule(shape, spacing), **overrides)
+
+
+def _check_device(device) -> None:
     import torch
 
-    def finite(v):
-        return v is None or math.isfinite(v)
-
-    for name, val, ok in (("--classes", args.classes, args.classes >= 2), ("--bins", args.bins, args.bins >= 2),
-                          ("--sample-rate", args.sample_rate, 0 < args.sample_rate <= 1),
-                          ("--pyramid", args.pyramid, args.pyramid >= 1),
-                          ("--iterations", args.iterations, args.iterations is None or args.iterations >= 1),
-                          ("--step-size", args.step_size,
-                           args.step_size is None or (finite(args.step_size) and args.step_size > 0)),
-                          ("--alpha", args.alpha, args.alpha is None or (finite(args.alpha) and args.alpha >= 0)),
-                          ("--control-spacing", args.control_spacing, args.control_spacing is None
-                           or (finite(args.control_spacing) and args.control_spacing > 0))):
-        if not ok:
-            hint = {"--control-spacing": " (mm between control points; must be a finite number > 0, e.g. 20)",
-                    "--step-size": " (mm per step; must be a finite number > 0)",
-                    "--sample-rate": " (fraction of voxels; must be in (0, 1])"}.get(name, "")
-            raise CLIError(f"invalid {name} {val}{hint}")
-    if args.device is not None:
-        try:
-            dev = torch.device(args.device)
-        except (RuntimeError, ValueError) as err:
-            raise CLIError(f"invalid --device {args.device!r} ({err}); use e.g. cpu or cuda") from err
-        if dev.type == "cuda":
-            if not torch.cuda.is_available():
-                raise CLIError(f"--device {args.device}: CUDA is not available here (torch {torch.__version__}, "
-                               f"CUDA build {torch.version.cuda or 'none'}); use --device cpu")
-            if dev.index is not None and dev.index >= torch.cuda.device_count():
-                raise CLIError(f"--device {args.device}: only {torch.cuda.device_count()} CUDA device(s)")
-        elif dev.type == "mps" and not torch.backends.mps.is_available():
-            raise CLIError(f"--device {args.device}: MPS is not available here; use --device cpu")
-        elif dev.type not in ("cpu", "cuda", "mps"):
-            raise CLIError(f"--device {args.device}: unsupported device type {dev.type!r}; use cpu or cuda")
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as err:
+        raise CLIError(f"invalid --device {device!r} ({err}); use e.g. cpu or cuda") from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CLIError(f"--device {device}: CUDA is not available here (torch {torch.__version__}, "
+                           f"CUDA build {torch.version.cuda or 'none'}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise CLIError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise CLIError(f"--device {device}: MPS is not available here; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise CLIError(f"--device {device}: unsupported device type {dev.type!r}; use cpu or cuda")
 
 
 def _check_output(out: Path, overwrite: bool) -> None:
@@ -277,7 +332,7 @@ def _install(staging: Path, out: Path) -> None:
     if not out.exists():
         os.rename(staging, out)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{os.getpid()}-", dir=out.parent))
     os.rename(out, old / out.name)
     try:
         os.rename(staging, out)
@@ -288,11 +343,27 @@ def _install(staging: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _remove_stale_staging(out: Path) -> None:
+    """Remove the hidden staging folders ``.OUT.partial-PID-*`` / ``.OUT.old-PID-*`` left beside ``out`` by a run
+    that was killed (SIGKILL, power loss) before it could clean up: those whose process no longer exists."""
+    for path in out.parent.glob(f".{glob.escape(out.name)}.*-*-*"):
+        match = re.fullmatch(rf"\.{re.escape(out.name)}\.(partial|old)-(\d+)-[^/]+", path.name)
+        if not (match and path.is_dir()):
+            continue
+        try:
+            os.kill(int(match.group(2)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except (PermissionError, OverflowError):   # alive under another user / not a pid: leave it
+            pass
+
+
 def _write_outputs(group, result, out: Path, args) -> list[Path]:
     """All outputs into a temporary folder beside ``out``, manifest last, then one rename into place; on any
     error or Ctrl-C the temporary folder is removed and ``out`` keeps its previous state."""
     out = out.absolute()
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    _remove_stale_staging(out)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
     try:
         written = _save_outputs(group, result, staging, png=not args.no_png)
         written.append(_write_manifest(staging, written, args))
@@ -360,20 +431,17 @@ def _summary_png(group, result, path: Path) -> Path:
 
 
 def cmd_register(args) -> int:
-    from .groupwise import ObjectiveOptions, ScheduleOptions, parse_transform, register_group
+    from .groupwise import register_group
 
-    _check_options(args)
+    levels, objective, overrides = _build_options(args)
+    _check_device(args.device)
     _check_output(Path(args.output), args.overwrite)
     group = _load(args.images, args.device, args.resample)
     mask = _load_mask(args.mask, group.shape) if args.mask else None
     try:
-        levels = parse_transform(args.transform, alpha=args.alpha, control_spacing=args.control_spacing,
-                                 velocity_spacing=args.control_spacing)
         result = register_group(group, method=args.method, transform=levels, num_classes=args.classes, mask=mask,
-                                seed=args.seed, device=args.device, progress=args.progress,
-                                objective=ObjectiveOptions(bins=args.bins),
-                                schedule=ScheduleOptions(step_size=args.step_size, iterations=args.iterations,
-                                                         pyramid=args.pyramid, sample_rate=args.sample_rate))
+                                seed=args.seed, device=args.device, progress=args.progress, objective=objective,
+                                schedule=_schedule(overrides, group.shape, group.spacing))
     except (ValueError, TypeError) as err:
         raise CLIError(str(err)) from err
     try:
