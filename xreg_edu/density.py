@@ -9,9 +9,12 @@ and **detached**; the bin width is ``Δ = max((hi - lo) / L, eps)``; ``r = 2`` p
 over the 4 bins ``⌊s⌋-1 .. ⌊s⌋+2`` (``⌊s⌋`` clamped to ``[r, r+L-1]``) with cubic B-spline weights
 ``β(s - b)``, which sum to 1 (partition of unity). The gradient flows ``u -> s -> β -> histogram``.
 
-Histograms are filled sparsely: ``index_add`` of the 4 (or 4x4, or 4xK) tap weights per sample into a
-[bins, taps] buffer, then 4 (or 16) shifted adds. Cost O(M·4²) for a joint histogram, against O(M·L²) for the
-dense weight-matrix product ``Wxᵀ Wy`` (kept as :func:`dense_joint_histogram` for reference and benchmarks).
+Histograms are filled sparsely: ``index_add`` of the 4 (or 4x4) tap weights per sample into a [bins, taps]
+buffer, then 4 (or 16) shifted adds. Cost O(M·4²) for a joint histogram, against O(M·L²) for the dense
+weight-matrix product ``Wxᵀ Wy`` (kept as :func:`dense_joint_histogram` for reference and benchmarks). The class
+histograms of the registration hot path (:func:`class_histogram`, batched over the group) are one fused kernel
+that works block by block of samples (no temporary of the sample's size) and scatters into replicated
+histograms; its backward gathers 3 polynomial tables per sample instead of 4 taps.
 """
 from __future__ import annotations
 
@@ -26,13 +29,15 @@ from ._checks import check_bins
 __all__ = [
     "EPS", "PADDING", "bspline_kernel", "bspline_taps", "bspline_tap_derivatives", "bin_coordinates",
     "parzen_weights", "dense_weights", "histogram", "joint_histogram", "class_histogram", "nd_histogram",
-    "dense_joint_histogram", "entropy", "class_entropies", "kde_entropy", "silverman_bandwidth", "sample_indices", "bin_lookup",
+    "dense_joint_histogram", "bin_range", "bin_geometry", "entropy", "joint_mutual_information", "class_entropies", "kde_entropy", "silverman_bandwidth", "sample_indices", "bin_lookup", "hard_class_histogram",
     "class_log_likelihood", "robust_range",
 ]
 
 EPS = 1e-8        #: clamp inside log and on the bin width (official value)
 PADDING = 2       #: padding bins per side, r = ceil(2σ) with σ = 1  ->  L + 4 bins
 MAX_ND_CELLS = 2 ** 26  #: refuse N-D histograms with more cells than this (curse of dimensionality)
+REPLICAS = 8           #: histogram copies the fused scatter spreads neighbouring samples over (see below)
+BLOCK = 2 ** 13         #: samples per block of the fused class-histogram kernels (temporaries stay in cache)
 
 
 # --------------------------------------------------------------------------------------------- kernel, weights
@@ -57,7 +62,7 @@ def _range(values: Tensor, lo, hi) -> tuple[Tensor, Tensor]:
         raise ValueError("cannot build a histogram from an empty sample (M = 0): check the mask / sample_rate")
     shape = v.shape[:-1] + (1,)
     if lo is None or hi is None:
-        lo_d, hi_d = torch.aminmax(v, dim=-1, keepdim=True)
+        lo_d, hi_d = v.amin(dim=-1, keepdim=True), v.amax(dim=-1, keepdim=True)   # (aminmax is ~20x slower on CPU)
     lo_t = lo_d if lo is None else torch.as_tensor(lo, dtype=v.dtype, device=v.device).detach().expand(shape)
     hi_t = hi_d if hi is None else torch.as_tensor(hi, dtype=v.dtype, device=v.device).detach().expand(shape)
     return lo_t, hi_t
@@ -88,15 +93,40 @@ def bin_coordinates(values: Tensor, bins: int, *, lo=None, hi=None, padding: int
     return s, lo_t, width
 
 
-def bspline_taps(t: Tensor) -> Tensor:
-    """Cubic B-spline tap weights for fractional offsets ``t`` in [0, 1]: ``[..., 4]`` (bins f-1, f, f+1, f+2)."""
+def bin_range(values: Tensor, bounds: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """Detached per-row ``(lo, hi)``, each ``[..., 1]``: the min / max of ``values [..., M]``, clipped to
+    ``bounds = (lo [...], hi [...])`` when given (e.g. robust quantiles: values beyond them fall into the edge bins
+    of a histogram built with this range)."""
+    lo, hi = _range(values, None, None)
+    if bounds is not None:
+        lo = torch.maximum(lo, bounds[0].reshape(lo.shape).to(lo.dtype))
+        hi = torch.maximum(torch.minimum(hi, bounds[1].reshape(hi.shape).to(hi.dtype)), lo)
+    return lo, hi
+
+
+def bin_geometry(values: Tensor, bins: int, bounds: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """``(lo, width)``, each ``[..., 1]``, of the histograms of ``values [..., M]`` with the range
+    :func:`bin_range` (``width = max((hi - lo)/L, EPS)``): what :func:`bin_lookup` and the ``lo``/``width`` of the
+    batched functions take."""
+    check_bins(bins)
+    lo, hi = bin_range(values, bounds)
+    return lo, ((hi - lo) / bins).clamp_min(EPS)
+
+
+def _tap_weights(t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The 4 cubic B-spline tap weights of :func:`bspline_taps` as separate tensors (no stack)."""
     t2 = t * t
     t3 = t2 * t
     omt = 1.0 - t
-    return torch.stack(((omt * omt * omt) / 6.0,                       # β(t + 1)
-                        (3.0 * t3 - 6.0 * t2 + 4.0) / 6.0,             # β(t)
-                        (-3.0 * t3 + 3.0 * t2 + 3.0 * t + 1.0) / 6.0,  # β(t - 1)
-                        t3 / 6.0), dim=-1)                             # β(t - 2)
+    return ((omt * omt * omt) / 6.0,                       # β(t + 1)
+            (3.0 * t3 - 6.0 * t2 + 4.0) / 6.0,             # β(t)
+            (-3.0 * t3 + 3.0 * t2 + 3.0 * t + 1.0) / 6.0,  # β(t - 1)
+            t3 / 6.0)                                      # β(t - 2)
+
+
+def bspline_taps(t: Tensor) -> Tensor:
+    """Cubic B-spline tap weights for fractional offsets ``t`` in [0, 1]: ``[..., 4]`` (bins f-1, f, f+1, f+2)."""
+    return torch.stack(_tap_weights(t), dim=-1)
 
 
 def bspline_tap_derivatives(t: Tensor) -> Tensor:
@@ -139,16 +169,17 @@ def parzen_weights(values: Tensor, bins: int, *, lo=None, hi=None, padding: int 
 
 
 def dense_weights(values: Tensor, bins: int, *, lo=None, hi=None, padding: int = PADDING) -> Tensor:
-    """Dense Parzen weight matrix ``W[m, b] = β(s_m - b)`` (O(M·L) memory; reference / teaching only).
+    """Dense Parzen weight matrix ``W[..., m, b] = β(s_m - b)`` (O(M·L) memory: the dense joint histograms of
+    APE / CTE and the reference estimator), filled from the 4 taps of :func:`parzen_weights`.
 
     Args:
-        values: ``[M]`` float samples.
+        values: ``[..., M]`` float samples.
     Returns:
-        ``[M, L + 2·padding]``.
+        ``[..., M, L + 2·padding]`` (differentiable w.r.t. ``values``).
     """
-    s, _, _ = bin_coordinates(values, bins, lo=lo, hi=hi, padding=padding)
-    centres = torch.arange(bins + 2 * padding, device=values.device, dtype=values.dtype)
-    return bspline_kernel(s.unsqueeze(-1) - centres)
+    index, w = parzen_weights(values, bins, lo=lo, hi=hi, padding=padding)
+    out = w.new_zeros(w.shape[:-1] + (bins + 2 * padding,))
+    return out.scatter(-1, index, w)
 
 
 # --------------------------------------------------------------------------------------------- histograms
@@ -184,48 +215,105 @@ def _shift_add(G: Tensor, dims: int) -> Tensor:
     return out
 
 
-class _ClassHistogram(torch.autograd.Function):
-    """h[n, k, b] = Σ_m γ[m, k] β(s[n, m] - b): 4 scatter passes forward, fused 4-tap gathers backward.
+def _chunks(m: int):
+    """Slices of ``BLOCK`` samples: the fused kernels below keep every temporary of a block in cache and never
+    allocate a tensor of the sample's size (on CPU each large temporary costs page faults worth more than its
+    arithmetic)."""
+    return (slice(a, min(a + BLOCK, m)) for a in range(0, m, BLOCK))
 
-    The backward gathers the 4 taps of every sample with one ``embedding_bag`` (weighted by the tap derivatives)
-    instead of building the [N, M, K, 4] product: the registration hot path (X-CoReg) runs through here."""
+
+def _block_taps(values: Tensor, lo: Tensor, width: Tensor, bins: int, clamp: bool
+                ) -> tuple[Tensor, Tensor, Tensor | None]:
+    """One block's ``(first tap index [N, C] long, offset t [N, C], inside-range mask or None)`` (no grad)."""
+    s = (values - lo) / width + PADDING
+    inside = None
+    if clamp:
+        inside = (s >= PADDING) & (s <= PADDING + bins)
+        s = s.clamp_(PADDING, PADDING + bins)
+    f = s.floor().clamp_(PADDING, PADDING + bins - 1)
+    return f.long() - 1, s.sub_(f), inside
+
+
+class _ClassHistogram(torch.autograd.Function):
+    """h[n, k, b] = Σ_m γ[k, m] β(s[n, m] - b), ``s = (u - lo)/Δ + r`` (clamped to the range if ``clamp``).
+
+    Fused from the intensities: bin coordinates, taps, the 4 scatter passes (forward) and the 4-tap gathers of the
+    backward (one ``embedding_bag`` weighted by the tap derivatives) run block by block (:func:`_chunks`); only the
+    [N, K, L + 4] histogram and the [N, M] gradient are allocated at full size. The registration hot path
+    (X-CoReg) runs through here."""
 
     @staticmethod
-    def forward(ctx, s, post, bins):
-        N, M = s.shape
-        K = post.shape[1]
+    def forward(ctx, values, lo, width, post, bins, clamp):
+        N, M = values.shape
+        K = post.shape[0]
         nb = bins + 2 * PADDING
-        first, t = _split(s, bins)
-        pk = post.t()
-        out = s.new_zeros(N, K, nb)
-        for tap, w in enumerate(bspline_taps(t).unbind(-1)):
-            out.scatter_add_(2, (first + tap).unsqueeze(1).expand(N, K, M), w.unsqueeze(1) * pk.unsqueeze(0))
-        ctx.save_for_backward(first, t, post)
-        ctx.nb = nb
-        return out                                                         # [N, K, nb]
+        size = N * K * nb
+        # REPLICAS copies of the histogram, sample c adding into copy c % REPLICAS: neighbouring voxels (often the
+        # same bin, e.g. background) then never add into the same cell back to back, which would serialise the adds
+        out = values.new_zeros(REPLICAS * size)
+        rows = ((torch.arange(N, device=values.device) * K).unsqueeze(1)
+                + torch.arange(K, device=values.device)).unsqueeze(-1) * nb                      # [N, K, 1]
+        spread = (torch.arange(BLOCK, device=values.device) % REPLICAS) * size                   # [BLOCK]
+        for c in _chunks(M):
+            first, t, _ = _block_taps(values[:, c], lo, width, bins, clamp)                      # [N, C]
+            idx = (rows + (first + spread[:first.shape[1]]).unsqueeze(1)).reshape(-1)            # [N*K*C]
+            g = post[:, c].unsqueeze(0)                                                           # [1, K, C]
+            for tap, w in enumerate(_tap_weights(t)):                                            # bin f - 1 + tap
+                out[tap:].scatter_add_(0, idx, (w.unsqueeze(1) * g).reshape(-1))
+        ctx.save_for_backward(values, lo, width, post)
+        ctx.bins, ctx.clamp = bins, clamp
+        copies = out.view(REPLICAS, N, K, nb).unbind(0)
+        h = copies[0].clone()
+        for more in copies[1:]:        # elementwise, in a fixed order: classes with equal weights stay bitwise equal
+            h += more                  # (a uniform posterior is an exact fixed point of EM; .sum(0) breaks that)
+        return h
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_h):
-        first, t, post = ctx.saved_tensors
-        N, M = first.shape
-        K = post.shape[1]
-        nb = ctx.nb
-        table = grad_h.transpose(1, 2).reshape(N * nb, K)                  # row n*nb + b = dL/dh[n, :, b]
-        offs = torch.arange(N, device=first.device).unsqueeze(1) * nb
-        bags = ((first + offs).unsqueeze(-1) + torch.arange(4, device=first.device)).reshape(N * M, 4)
+        values, lo, width, post = ctx.saved_tensors
+        bins, clamp = ctx.bins, ctx.clamp
+        N, M = values.shape
+        K = post.shape[0]
+        nb = bins + 2 * PADDING
+        dev = values.device
+        offs = (torch.arange(N, device=dev) * nb).unsqueeze(1)                # [N, 1]
+        want_v, want_p = ctx.needs_input_grad[0], ctx.needs_input_grad[3]
+        grad_v = values.new_empty(N, M) if want_v else None
+        grad_p = post.new_empty(K, M) if want_p else None
+        if want_v:
+            # dL/ds = Σ_t β'_t(τ) Σ_k γ_k G[n, k, f + t] with β'_t(τ) = Σ_p D[p, t] τ^p (quadratics): the tap sum
+            # becomes 3 tables U_p[k, n, f] = Σ_t D[p, t] G[n, k, f + t], so each sample needs 3 K gathers at one
+            # index and no per-tap weights
+            G = torch.nn.functional.pad(grad_h, (0, 3))                          # [N, K, nb + 3]
+            win = torch.stack([G[..., t:t + nb] for t in range(4)], -1)          # [N, K, nb, 4]: G[n, k, f + t]
+            U = (win @ _TAP_DERIVATIVE_POLY.to(win).t()).permute(3, 1, 0, 2).reshape(3, K, N * nb)
+        if want_p:
+            table = grad_h.transpose(1, 2).reshape(N * nb, K)
+            taps = torch.arange(4, device=dev)
+        for c in _chunks(M):
+            first, t, inside = _block_taps(values[:, c], lo, width, bins, clamp)
+            row = first + offs                                                 # [N, C] table row n*nb + f - 1
+            if want_v:
+                gk = post[:, c]
+                acc = [sum(U[p, k].take(row) * gk[k] for k in range(K)) for p in range(3)]
+                g = (acc[2] * t + acc[1]) * t + acc[0]
+                g /= width
+                if inside is not None:
+                    g.masked_fill_(~inside, 0.0)
+                grad_v[:, c] = g
+            if want_p:
+                C = t.shape[1]
+                bags = (row.unsqueeze(-1) + taps).reshape(N * C, 4)
+                q = torch.nn.functional.embedding_bag(bags, table, mode="sum",
+                                                      per_sample_weights=bspline_taps(t).reshape(N * C, 4))
+                grad_p[:, c] = q.view(N, C, K).sum(0).t()
+        return grad_v, None, None, grad_p, None, None
 
-        def gather(weights):                                               # Σ_t weights[n, m, t] dL/dh[n, :, first + t]
-            q = torch.nn.functional.embedding_bag(bags, table, mode="sum",
-                                                  per_sample_weights=weights.reshape(N * M, 4).to(table.dtype))
-            return q.view(N, M, K)
 
-        grad_s = grad_post = None
-        if ctx.needs_input_grad[0]:
-            grad_s = (gather(bspline_tap_derivatives(t)) * post.unsqueeze(0)).sum(-1)
-        if ctx.needs_input_grad[1]:
-            grad_post = gather(bspline_taps(t)).sum(0)
-        return grad_s, grad_post, None
+#: β'_t(τ) = Σ_p D[p, t] τ^p, the tap derivatives of :func:`bspline_tap_derivatives` as polynomial coefficients
+_TAP_DERIVATIVE_POLY = torch.tensor([[-0.5, 0.0, 0.5, 0.0], [1.0, -2.0, 1.0, 0.0], [-0.5, 1.5, -1.5, 0.5]],
+                                    dtype=torch.float64)
 
 
 class _JointHistogram(torch.autograd.Function):
@@ -316,16 +404,20 @@ def joint_histogram(x: Tensor, y: Tensor, bins: int, weights: Tensor | None = No
     return h.reshape(lead + (nb, nb))
 
 
-def class_histogram(values: Tensor, posterior: Tensor, bins: int, *, lo=None, hi=None) -> Tensor:
+def class_histogram(values: Tensor, posterior: Tensor, bins: int, *, lo=None, hi=None,
+                    geometry: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Class-weighted (posterior-weighted) Parzen histograms ``h[k, b] = Σ_m γ_mk β(s_m - b)`` (X-metric, SVCD).
 
-    Batched over the group: one ``index_add`` for all N images. Cost O(N·M·4·K).
+    Batched over the group, fused and blocked (no [N, M, K]-sized temporary). Cost O(N·M·4·K).
 
     Args:
         values: ``[M]`` or ``[N, M]`` float (each row its own detached bin range).
-        posterior: ``[M, K]`` class weights γ shared by all rows (gradient flows if it requires grad).
+        posterior: ``[M, K]`` class weights γ shared by all rows (gradient flows if it requires grad); a
+            class-major ``[K, M]`` layout is used as is when given as the transpose view ``gamma.t()``.
         bins: L >= 2.
-        lo, hi: optional fixed range.
+        lo, hi: optional fixed range (values outside go to the edge bins).
+        geometry: optional precomputed ``(lo, width)`` (:func:`bin_geometry`) of a *clamped* range: values
+            outside ``[lo, lo + L·width]`` go to the edge bins (instead of ``lo``/``hi``).
     Returns:
         ``[K, L + 4]`` for 1-D ``values``, else ``[N, K, L + 4]``.
     """
@@ -337,7 +429,17 @@ def class_histogram(values: Tensor, posterior: Tensor, bins: int, *, lo=None, hi
         raise ValueError(f"posterior has {posterior.shape[0]} samples but values have M = {M}")
     K = posterior.shape[1]
     nb = bins + 2 * PADDING
-    h = _ClassHistogram.apply(bin_coordinates(v, bins, lo=lo, hi=hi)[0], posterior.to(v.dtype), bins)
+    if geometry is not None:
+        lo_t, width = (g.reshape(N, 1).to(v.dtype) for g in geometry)
+        clamp = True
+    else:
+        check_bins(bins)
+        lo_t, hi_t = _range(v, lo, hi)
+        width = ((hi_t - lo_t) / bins).clamp_min(EPS)
+        clamp = lo is not None or hi is not None
+    post = posterior.t().to(v.dtype)
+    h = _ClassHistogram.apply(v, lo_t.detach(), width.detach(), post if post.is_contiguous() else post.contiguous(),
+                              bins, clamp)
     return h.reshape(lead + (K, nb))
 
 
@@ -400,6 +502,11 @@ def entropy(p: Tensor, dim=None) -> Tensor:
     total = p.sum(dim=dim, keepdim=True)
     q = p / total.clamp_min(torch.finfo(p.dtype).tiny)
     return -(q * q.clamp_min(EPS).log()).sum(dim=dim)
+
+
+def joint_mutual_information(joint: Tensor) -> Tensor:
+    """MI (nats) of joint histograms ``[..., B, B]`` -> ``[...]``: ``H(X) + H(Y) - H(X, Y)``."""
+    return entropy(joint.sum(-1), dim=-1) + entropy(joint.sum(-2), dim=-1) - entropy(joint, dim=(-2, -1))
 
 
 def class_entropies(hist: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -504,7 +611,7 @@ def sample_indices(mask: Tensor | None, rate: float = 1.0, generator: torch.Gene
 
 @torch.no_grad()
 def bin_lookup(values: Tensor, lo: Tensor | float, width: Tensor | float, bins: int,
-               padding: int = PADDING) -> Tensor:
+               padding: int = PADDING, *, edge: bool = False) -> Tensor:
     """Hard nearest-bin index ``clamp(round((u - lo)/Δ) + r, 0, L + 2r - 1)`` (E-step only: no gradient).
 
     The bin whose B-spline weight is largest, i.e. where the Parzen histogram puts most of the sample's mass.
@@ -512,12 +619,29 @@ def bin_lookup(values: Tensor, lo: Tensor | float, width: Tensor | float, bins: 
 
     Args:
         values: ``[..., V]`` float.
-        lo, width: as returned by :func:`bin_coordinates` (``[..., 1]`` or scalars).
+        lo, width: as returned by :func:`bin_coordinates` / :func:`bin_geometry` (``[..., 1]`` or scalars).
+        edge: clamp to the edge bins ``[r, r + L]`` of the range instead (values outside a clamped range, as in
+            the histograms built with a fixed range).
     Returns:
         ``[..., V]`` long.
     """
     b = torch.round((values - lo) / width).long() + padding
-    return b.clamp(0, bins + 2 * padding - 1)
+    return b.clamp_(padding, bins + padding) if edge else b.clamp_(0, bins + 2 * padding - 1)
+
+
+@torch.no_grad()
+def hard_class_histogram(index: Tensor, posterior: Tensor, bins: int) -> Tensor:
+    """Posterior-weighted histograms with hard bins (the exact M-step of a categorical class model).
+
+    Args:
+        index: ``[N, M] long`` bin of every sample (:func:`bin_lookup`); posterior: ``[K, M]`` (class-major); bins: L.
+    Returns:
+        ``[N, K, L + 4]``.
+    """
+    n, m = index.shape
+    k = posterior.shape[0]
+    out = posterior.new_zeros(n, k, bins + 2 * PADDING)
+    return out.scatter_add_(2, index[:, None, :].expand(n, k, m), posterior[None].expand(n, k, m))
 
 
 @torch.no_grad()

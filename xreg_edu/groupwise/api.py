@@ -16,7 +16,7 @@ from .objectives import OBJECTIVES, XCoReg, APE, CTE, Congealing, GMM
 from .options import (TRANSFORMS, ConvergenceOptions, ObjectiveOptions, ScheduleOptions, TransformLevel,
                       parse_transform)
 from .result import RegistrationResult
-from .schedule import default_schedule
+from .schedule import default_schedule, stage_shapes
 
 METHODS = tuple(OBJECTIVES)
 
@@ -95,13 +95,6 @@ def _normalise(images: Tensor, mask: Tensor | None) -> Tensor:
     return (images - mean.view(view)) / std.view(view)
 
 
-def _coarsest_voxels(shape: tuple[int, ...], pyramid: int) -> int:
-    """Voxels of the coarsest pyramid level (as :func:`xreg_edu.spatial.downsample`)."""
-    for _ in range(pyramid - 1):
-        shape = tuple(max((n - 1) // 2 + 1, 2) for n in shape)
-    return int(torch.Size(shape).numel())
-
-
 def _option(value, name: str):
     cls = _OPTION_CLASSES[name]
     if value is None:
@@ -141,9 +134,10 @@ def register_group(images: Tensor | ImageGroup, method: str = "xcoreg",
         objective: :class:`~xreg_edu.groupwise.options.ObjectiveOptions` (bins, X-CoReg/GMM/CG settings,
             regulariser, normalisation).
         schedule: :class:`~xreg_edu.groupwise.options.ScheduleOptions` (optimiser, step sizes, iterations,
-            pyramid, voxel sampling); default ``groupwise.schedule.default_schedule`` of the grid
-            (2-D: full resolution only; 3-D: an image pyramid). The sample of each stage must hold at least
-            min(all its voxels, 8 x bins) voxels.
+            pyramid, voxel sampling); default ``groupwise.schedule.default_schedule`` of the grid (3-D and
+            2-D slices over 160 px: an image pyramid whose finer levels only refine, large stages sampled; smaller
+            2-D slices: full resolution only). The sample of each stage must hold at least min(all its voxels,
+            8 x bins) voxels.
         convergence: :class:`~xreg_edu.groupwise.options.ConvergenceOptions` (when a stage stops).
         **moved: the former keywords (``iterations=`` ...) raise a TypeError naming the option object that holds
             them now (``MOVED``).
@@ -193,21 +187,25 @@ def register_group(images: Tensor | ImageGroup, method: str = "xcoreg",
             if isinstance(value, Tensor):
                 check_class_maps(value, name, num_classes, shape)
     n = images.shape[0]
-    total = _coarsest_voxels(shape, schedule.pyramid)
-    need = min(total, MIN_SAMPLES_PER_BIN * objective.bins)
-    if schedule.sample_rate * total < need:
-        raise ValueError(f"sample_rate={schedule.sample_rate!r} samples {schedule.sample_rate * total:.3g} of the "
-                         f"{total} voxels of the coarsest stage; the histograms need >= {need} "
-                         f"({MIN_SAMPLES_PER_BIN} x bins): use ScheduleOptions(sample_rate >= {need / total:.3g}) "
-                         "or fewer pyramid levels")
+    rates = schedule.stage_rates()
+    for s, (rate, total) in enumerate(zip(rates, stage_shapes(shape, schedule.pyramid))):
+        total = int(torch.Size(total).numel())
+        need = min(total, MIN_SAMPLES_PER_BIN * objective.bins)
+        if rate * total < need:
+            which = "coarsest stage" if s == 0 else f"pyramid stage {s} (coarsest = 0)"
+            raise ValueError(f"sample_rate={schedule.sample_rate!r} samples {rate * total:.3g} of the "
+                             f"{total} voxels of the {which}; the histograms need >= {need} "
+                             f"({MIN_SAMPLES_PER_BIN} x bins): use ScheduleOptions(sample_rate >= {need / total:.3g}) "
+                             "there or fewer pyramid levels")
 
     levels = parse_transform(transform)
     kinds = [lv.kind for lv in levels]
     steps = _per_level(schedule.step_size, len(levels), "step_size", [DEFAULTS[k]["step_size"] for k in kinds])
     iters = _per_level(schedule.iterations, len(levels), "iterations", [DEFAULTS[k]["iterations"] for k in kinds])
     alphas = [DEFAULTS[lv.kind]["alpha"] if lv.alpha is None else float(lv.alpha) for lv in levels]
+    budgets = [schedule.stage_budgets(i) for i in iters]          # per level: one budget per stage, coarsest first
     if is_quick():
-        iters = [max(10, int(i) // 4) for i in iters]
+        budgets = [[max(10, int(i) // 4) for i in b] for b in budgets]
 
     from ..spatial import CompositeTransform, identity_grid, make_transform, warp
     modules = []
@@ -231,17 +229,19 @@ def register_group(images: Tensor | ImageGroup, method: str = "xcoreg",
 
     # coarse-to-fine: a finer stage of the same level starts near the solution, so its step is refine_step x smaller
     pyr, refine = schedule.pyramid, schedule.refine_step
-    stages = [Stage(li, s, int(iters[li]), float(steps[li]) * refine ** (pyr - 1 - s),
-                    name=f"{kinds[li]}@1/{2 ** s}", alpha=float(alphas[li]))
+    stages = [Stage(li, s, budgets[li][pyr - 1 - s],
+                    float(steps[li]) * refine ** (pyr - 1 - s), name=f"{kinds[li]}@1/{2 ** s}",
+                    alpha=float(alphas[li]), sample_rate=rates[pyr - 1 - s])
               for li in range(len(levels)) for s in reversed(range(pyr))]
 
     objective_fn = make_objective(method, num_classes, objective)
     generator = torch.Generator(device=device).manual_seed(int(seed))
     work = _normalise(images, mask) if objective.normalize else images
     min_iterations = convergence.min_iterations if convergence.min_iterations is not None \
-        else 2 * convergence.window
-    opts = LoopOptions(sample_rate=float(schedule.sample_rate), regularization=objective.regularization,
-                       optimizer=schedule.optimizer, tol=float(convergence.tol), window=int(convergence.window),
+        else convergence.window
+    opts = LoopOptions(regularization=objective.regularization, optimizer=schedule.optimizer,
+                       tol=float(convergence.tol), motion_tol=float(convergence.motion_tol),
+                       window=int(convergence.window),
                        check_every=int(convergence.check_every), min_iterations=int(min_iterations),
                        decays=int(convergence.decays), progress=progress, callback=callback)
     record = run_stages(work, spacing, composite, objective_fn, stages, mask=mask, generator=generator,
@@ -258,7 +258,8 @@ def register_group(images: Tensor | ImageGroup, method: str = "xcoreg",
                "spacing": list(spacing),
                "transform": [{**lv.as_dict(), "alpha": a} for lv, a in zip(levels, alphas)],
                "objective": objective.as_dict(),
-               "schedule": {**schedule.as_dict(), "step_size": steps, "iterations": iters},
+               "schedule": {**schedule.as_dict(), "step_size": steps, "iterations": iters,
+                            "stage_iterations": [list(b) for b in budgets]},
                "convergence": {**convergence.as_dict(), "min_iterations": min_iterations}}
     return RegistrationResult(warped=warped, transform=composite, points=points, spacing=spacing,
                               posterior=state.get("posterior"), prior=state.get("prior"), history=record.history,

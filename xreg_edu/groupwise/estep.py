@@ -11,8 +11,8 @@ import math
 import torch
 from torch import Tensor
 
+from .. import density as D
 from ..density import EPS
-from . import histograms as H
 
 
 def random_posterior(num_voxels: int, num_classes: int, generator: torch.Generator | None = None, *,
@@ -76,10 +76,10 @@ def class_pmfs(sample_values: Tensor, sample_posterior: Tensor, bins: int) -> tu
         sample_values: ``[N, M]`` intensities of the sampled voxels; sample_posterior: ``[K, M]``; bins: L.
 
     Returns:
-        (``pmf [N, K, L + 4]``, ``lo [N]``, ``width [N]``) - the bin geometry for the lookup.
+        (``pmf [N, K, L + 4]``, ``lo [N, 1]``, ``width [N, 1]``) - the bin geometry for the lookup.
     """
-    lo, width = H.bin_geometry(sample_values, bins)
-    hist = H.class_histogram(sample_values, sample_posterior, bins)
+    lo, width = D.bin_geometry(sample_values, bins)
+    hist = D.class_histogram(sample_values, sample_posterior.t(), bins)
     return hist / hist.sum(dim=2, keepdim=True).clamp_min(EPS), lo, width
 
 
@@ -88,21 +88,58 @@ def lookup_log_likelihood(pmf: Tensor, values: Tensor, lo: Tensor, width: Tensor
     """``log f_jk(x)`` of every voxel from class pmfs ``[N, K, L + 4]`` -> ``[N, K, P]`` (floored at 1e-8).
 
     ``lookup="hard"``: the nearest bin (official SVCD, no gradient); ``"spline"``: the 4-tap B-spline
-    interpolation of the pmf at the voxel's continuous bin position.
+    interpolation of the pmf at the voxel's continuous bin position. ``lo``, ``width``: ``[N, 1]``
+    (:func:`xreg_edu.density.bin_geometry`); values outside the range use the edge bins.
     """
     n, p = values.shape
     k = pmf.shape[1]
     if lookup == "hard":
-        idx = H.nearest_bin(values, lo, width, bins)
+        idx = D.bin_lookup(values, lo, width, bins, edge=True)
         return torch.gather(pmf.clamp_min(EPS).log(), 2, idx[:, None, :].expand(n, k, p))
     if lookup == "spline":
-        first, w = H.spline_weights(values.detach(), lo, width, bins)
+        s = ((values.detach() - lo) / width + D.PADDING).clamp(D.PADDING, D.PADDING + bins)
+        f = s.floor().clamp(D.PADDING, D.PADDING + bins - 1)
+        first, w = f.long() - 1, D.bspline_taps(s - f)
         out = None
         for tap in range(4):
             term = torch.gather(pmf, 2, (first + tap)[:, None, :].expand(n, k, p)) * w[:, None, :, tap]
             out = term if out is None else out + term
         return out.clamp_min(EPS).log()
     raise ValueError(f"lookup must be 'hard' or 'spline', got {lookup!r}")
+
+
+@torch.no_grad()
+def posterior_from_pmfs(pmf: Tensor, values: Tensor, lo: Tensor, width: Tensor, bins: int, log_prior: Tensor,
+                        min_prob: float = 1e-3, block: int = 2 ** 14) -> Tensor:
+    """The E-step with the hard lookup, fused: ``e_step(lookup_log_likelihood(pmf, values, ...), log_prior,
+    min_prob)`` without the ``[N, K, P]`` log-likelihoods.
+
+    Block by block of voxels, one ``embedding_bag`` sums the N images' ``log p_j(bin_j(x) | k)`` (a table of
+    ``N (L + 4)`` rows of K log-masses), then softmax over the classes, clamp and renormalisation.
+
+    Args:
+        pmf: ``[N, K, L + 4]``; values: ``[N, P]``; lo, width: ``[N, 1]``; log_prior: ``[K]`` or ``[K, P]``.
+
+    Returns:
+        ``gamma [K, P]``.
+    """
+    n, k, nb = pmf.shape
+    p = values.shape[1]
+    table = pmf.clamp_min(EPS).log().transpose(1, 2).reshape(n * nb, k)     # row j*nb + b = log p_j(b | .)
+    offs = (torch.arange(n, device=values.device) * nb).unsqueeze(1)
+    gamma = values.new_empty(k, p)
+    for a in range(0, p, block):
+        c = slice(a, min(a + block, p))
+        bags = (D.bin_lookup(values[:, c], lo, width, bins, edge=True) + offs).t()            # [C, N]
+        total = torch.nn.functional.embedding_bag(bags, table, mode="sum").t().contiguous()   # [K, C]
+        total += log_prior.unsqueeze(1) if log_prior.dim() == 1 else log_prior[:, c]
+        g = total.sub_(total.amax(dim=0, keepdim=True)).exp_()                               # softmax over k
+        g /= g.sum(dim=0, keepdim=True)
+        if min_prob > 0:
+            g = g.clamp_min_(min_prob)
+            g /= g.sum(dim=0, keepdim=True)
+        gamma[:, c] = g
+    return gamma
 
 
 def histogram_log_likelihood(values: Tensor, sample_values: Tensor, sample_posterior: Tensor, bins: int, *,

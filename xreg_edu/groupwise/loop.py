@@ -5,8 +5,10 @@ the objective's no-grad model update (E-step, EM ...) -> differentiable loss (+ 
 non-linear level) -> one Adam / gradient-descent step on the active transform level. Transform levels (rigid ->
 affine -> FFD/SVF) are optimised one after the other, each optionally coarse-to-fine on an image pyramid; the
 common space is always the group mean (the transform modules re-centre their parameters). A stage stops after its
-iteration budget or when the relative change between two consecutive moving averages of the loss (window w)
-falls below ``tol`` (spec §4.2 [R]); the check (one device sync) runs every ``check_every`` iterations only.
+iteration budget or when it has converged: no grid point moved more than ``motion_tol`` voxels of the stage in
+the last w iterations (:func:`motion_mm`), or (stages whose histograms use every voxel) the relative change
+between two consecutive moving averages of the loss (window w) falls below ``tol`` (spec §4.2 [R]); the checks
+(one device sync) run every ``check_every`` iterations only.
 """
 from __future__ import annotations
 
@@ -34,19 +36,20 @@ class Stage:
     step_size: float
     name: str = ""
     alpha: float = 0.0
+    sample_rate: float = 1.0
 
 
 @dataclass
 class LoopOptions:
     """Knobs of :func:`run_stages` (see :func:`xreg_edu.groupwise.register_group` for their meaning)."""
 
-    sample_rate: float = 1.0
     regularization: str = "bending"
     optimizer: str = "adam"
     tol: float = 1e-4
+    motion_tol: float = 0.0
     window: int = 10
     check_every: int = 5
-    min_iterations: int = 20
+    min_iterations: int = 10
     decay: float = 0.5
     decays: int = 0
     outside: str = "exclude"
@@ -70,16 +73,28 @@ class LoopRecord:
 
 
 def _sample_index(mask: Tensor, rate: float, generator: torch.Generator) -> Tensor | None:
-    """Indices of the (sub-sampled) mask voxels; ``None`` when the mask is empty (the overlap collapsed)."""
+    """Sorted indices of the mask voxels, each kept with probability ``rate`` (Bernoulli, at least 16 kept);
+    ``None`` when the mask is empty (the overlap collapsed)."""
     idx = mask.nonzero().squeeze(1)
     if idx.numel() == 0:
         return None
-    if rate < 1.0:
-        m = max(16, int(round(rate * idx.numel())))
-        if m < idx.numel():
-            pick = torch.randperm(idx.numel(), generator=generator, device=generator.device)[:m]
-            idx = idx[pick.to(idx.device)]
+    if rate < 1.0 and idx.numel() > 16:
+        keep = torch.rand(idx.numel(), generator=generator, device=generator.device).to(idx.device) < rate
+        if int(keep.sum()) >= 16:
+            idx = idx[keep]
     return idx
+
+
+def _sampled_values(img: Tensor, grid: Tensor, transform, spacing, pad, warped: Tensor, index: Tensor) -> Tensor:
+    """``[N, P]`` warped intensities, differentiable at the voxels ``index`` only: the transform and the warp are
+    re-evaluated there (``[1, d, M, 1(, 1)]`` points, a linear transform being pointwise), so the backward pass
+    touches M voxels, not P. ``warped``: ``[N, 1, *S]`` the no-grad warp of every voxel."""
+    d = grid.shape[1]
+    points = grid.flatten(2).index_select(2, index).reshape(1, d, -1, *([1] * (d - 1)))
+    at_sample, _ = warp_with_overlap(img, transform(points), spacing, pad)
+    values = warped.reshape(warped.shape[0], -1).clone()
+    values[:, index] = at_sample.reshape(warped.shape[0], -1)
+    return values
 
 
 def warp_with_overlap(images: Tensor, points: Tensor, spacing: tuple[float, ...],
@@ -147,6 +162,13 @@ def foreground_fraction(images: Tensor, background: Tensor, threshold: Tensor) -
     return foreground_mask(images, background, threshold).flatten(1).float().mean(1)
 
 
+def motion_mm(params: Tensor, reference: Tensor, scale: Tensor | float) -> float:
+    """Largest parameter change in mm: ``max |params - reference| / scale`` (``scale`` of
+    :func:`~xreg_edu.groupwise.optim.parameter_scale`: an angle change times the grid radius, a translation or
+    displacement change as it is). One device sync."""
+    return float(((params - reference).abs() / scale).amax())
+
+
 def _converged(hist: Tensor, count: int, window: int, tol: float) -> bool:
     if count < 2 * window:
         return False
@@ -171,7 +193,9 @@ def run_stages(images: Tensor, spacing: tuple[float, ...], transform, objective:
     line to ``LoopRecord.warnings``. ``options.init == "centroid"`` (``"auto"``: in 3-D only, where the capture range
     is short of the talk's +-30 mm; on the 2-D test slices it moved seed 5 into an 8.6 mm optimum): the first stage of a rigid/affine level whose
     parameters are still zero starts from the translations superposing the foreground centroids
-    (:func:`centre_translations`).
+    (:func:`centre_translations`). A sampled stage (``stage.sample_rate < 1``) of a linear transform warps every
+    voxel without gradient (the E-step needs them all) and differentiates the warp at its sample only
+    (:func:`_sampled_values`); it stops on the motion test only, its loss being noisy.
 
     Args:
         images: ``[N, 1, *S]`` normalised intensities.
@@ -235,19 +259,24 @@ def run_stages(images: Tensor, spacing: tuple[float, ...], transform, objective:
         initialised.add(stage.level)
         start = active.params.detach().clone()
         radius = characteristic_radius(shape, sp)
+        scale = parameter_scale(active, radius)
+        motion_tol_mm = options.motion_tol * min(sp) if options.tol > 0 else 0.0   # tol = 0: run the budget
+        loss_test = options.tol > 0 and stage.sample_rate >= 1.0   # a sampled loss is too noisy for it
+        sparse = stage.sample_rate < 1.0 and transform.is_linear   # backward through the sample only
         regularise = (not active.is_linear) and stage.alpha > 0
         t0 = time.perf_counter()
         restarts_left = options.restarts
         step_size = stage.step_size
         while True:
-            opt = ScaledOptimizer([active.params], [parameter_scale(active, radius)], step_size, options.optimizer)
+            opt = ScaledOptimizer([active.params], [scale], step_size, options.optimizer)
             count = 0
             converged = collapsed = False
             decays_left = options.decays
             since = 0                        # iteration of the last step-size decay
+            snapshots = [(0, active.params.detach().clone())]   # (iteration, params) at each test
             for it in range(stage.iterations):
-                points = transform(grid)
-                warped, inside = warp_with_overlap(img, points, sp, pad)
+                with torch.set_grad_enabled(not sparse):
+                    warped, inside = warp_with_overlap(img, transform(grid), sp, pad)
                 m = full if pad is not None else (inside if umask is None else inside & umask)
                 if count % options.check_every == 0:
                     with torch.no_grad():
@@ -255,11 +284,13 @@ def run_stages(images: Tensor, spacing: tuple[float, ...], transform, objective:
                     if retained < options.min_retained:
                         collapsed = True
                         break
-                index = _sample_index(m, options.sample_rate, generator)
+                index = _sample_index(m, stage.sample_rate, generator)
                 if index is None:            # no voxel left in the overlap of the fields of view
                     collapsed, retained = True, 0.0
                     break
-                sample = GroupSample(warped.reshape(n, -1), m, index, shape, bounds)
+                values = _sampled_values(img, grid, transform, sp, pad, warped, index) if sparse \
+                    else warped.reshape(n, -1)
+                sample = GroupSample(values, m, index, shape, bounds)
                 loss = objective.step(sample)
                 if regularise:
                     loss = loss + stage.alpha * active.regularization(options.regularization)
@@ -272,9 +303,17 @@ def run_stages(images: Tensor, spacing: tuple[float, ...], transform, objective:
                     options.callback(si, it, transform, loss.detach(), objective.state())
                 if bar is not None:
                     bar.update(1)
-                if count >= options.min_iterations and count % options.check_every == 0 \
-                        and count - since >= 2 * options.window \
-                        and _converged(hist_buf, count, options.window, options.tol):
+                if count % options.check_every or count < options.min_iterations or count - since < options.window:
+                    continue
+                if motion_tol_mm > 0:
+                    snapshots.append((count, active.params.detach().clone()))
+                    while len(snapshots) > 1 and snapshots[1][0] <= count - options.window:
+                        snapshots.pop(0)     # snapshots[0]: the latest one at least `window` iterations old
+                still = motion_tol_mm > 0 and snapshots[0][0] >= since and \
+                    motion_mm(active.params.detach(), snapshots[0][1], scale) <= motion_tol_mm
+                flat_loss = loss_test and count - since >= 2 * options.window and \
+                    _converged(hist_buf, count, options.window, options.tol)
+                if still or flat_loss:
                     if decays_left > 0:      # refine with a smaller step before declaring convergence
                         decays_left -= 1
                         opt.lr *= options.decay
@@ -303,7 +342,8 @@ def run_stages(images: Tensor, spacing: tuple[float, ...], transform, objective:
         record.stage_of_iteration.extend([si] * count)
         record.stages.append({"name": stage.name, "level": stage.level, "scale": stage.scale, "shape": shape,
                               "iterations": count, "converged": converged, "collapsed": collapsed,
-                              "seconds": time.perf_counter() - t0, "step_size": step_size})
+                              "seconds": time.perf_counter() - t0, "step_size": step_size,
+                              "sample_rate": stage.sample_rate})
     if bar is not None:
         bar.close()
     record.seconds = time.perf_counter() - t_start

@@ -210,8 +210,13 @@ class ScheduleOptions(_Options):
         iterations: budget per stage (each level x pyramid scale); one value or one per transform level.
         pyramid: number of resolution levels (1 = full resolution only, 2 = half then full).
         refine_step: step-size factor (> 0) of each finer pyramid stage of a level relative to the coarser one.
-        sample_rate: fraction rho in (0, 1] of the overlap voxels used for the histograms each iteration; the
-            sample must hold enough voxels for the histograms (see :func:`register_group`).
+        refine_iterations: budget of the pyramid stages finer than a level's coarsest (default: ``iterations``),
+            one value or one per finer stage, coarse to fine (``pyramid - 1`` values): the coarse stages give the
+            capture range, the finer ones only refine.
+        sample_rate: fraction rho in (0, 1] of the overlap voxels used for the histograms each iteration; one value,
+            or one per pyramid stage, coarsest first (e.g. ``(1.0, 1.0, 0.25)``: only the finest stage sampled). The
+            sample must hold enough voxels for the histograms (see :func:`register_group`); a sampled stage stops on
+            the parameter-motion test only (:class:`ConvergenceOptions`), its loss being noisy.
     """
 
     optimizer: str = "adam"
@@ -219,7 +224,23 @@ class ScheduleOptions(_Options):
     iterations: int | tuple[int, ...] | None = None
     pyramid: int = 1
     refine_step: float = 0.25
-    sample_rate: float = 1.0
+    refine_iterations: int | tuple[int, ...] | None = None
+    sample_rate: float | tuple[float, ...] = 1.0
+
+    def stage_rates(self) -> tuple[float, ...]:
+        """Sample rate of each pyramid stage, coarsest first."""
+        if isinstance(self.sample_rate, tuple):
+            return tuple(float(r) for r in self.sample_rate)
+        return (float(self.sample_rate),) * self.pyramid
+
+    def stage_budgets(self, iterations: int) -> tuple[int, ...]:
+        """Iteration budget of each pyramid stage of a level whose coarsest stage gets ``iterations``, coarsest
+        first."""
+        refine = self.refine_iterations
+        if refine is None:
+            refine = iterations
+        finer = tuple(refine) if isinstance(refine, tuple) else (refine,) * (self.pyramid - 1)
+        return (int(iterations),) + tuple(int(i) for i in finer)
 
     def __post_init__(self) -> None:
         _choice(self.optimizer, "optimizer", ("adam", "sgd"))
@@ -227,29 +248,47 @@ class ScheduleOptions(_Options):
         _each(self.iterations, "iterations", lambda v, n: _integer(v, n, 1))
         _integer(self.pyramid, "pyramid", 1)
         _number(self.refine_step, "refine_step", positive=True)
-        if not (isinstance(self.sample_rate, numbers.Real) and not isinstance(self.sample_rate, bool)
-                and 0.0 < self.sample_rate <= 1.0):
-            raise ValueError(f"sample_rate must be in (0, 1], got {self.sample_rate!r}")
-        for name in ("step_size", "iterations"):
+        _each(self.refine_iterations, "refine_iterations", lambda v, n: _integer(v, n, 1))
+        if isinstance(self.refine_iterations, (tuple, list)) and len(self.refine_iterations) != self.pyramid - 1:
+            raise ValueError(f"refine_iterations has {len(self.refine_iterations)} entries for the "
+                             f"{self.pyramid - 1} finer stages of pyramid={self.pyramid} (one value, or one per "
+                             "finer stage, coarse to fine)")
+        rates = self.sample_rate if isinstance(self.sample_rate, (tuple, list)) else [self.sample_rate]
+        if not rates or not all(isinstance(r, numbers.Real) and not isinstance(r, bool) and 0.0 < r <= 1.0
+                                for r in rates):
+            raise ValueError(f"sample_rate must be in (0, 1] (one value or one per pyramid stage), "
+                             f"got {self.sample_rate!r}")
+        if isinstance(self.sample_rate, (tuple, list)) and len(self.sample_rate) != self.pyramid:
+            raise ValueError(f"sample_rate has {len(self.sample_rate)} entries for pyramid={self.pyramid} stages "
+                             "(give one value, or one per pyramid stage, coarsest first)")
+        for name in ("step_size", "iterations", "refine_iterations", "sample_rate"):
             if isinstance(getattr(self, name), list):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
 
 
 @dataclass(frozen=True)
 class ConvergenceOptions(_Options):
-    """When a stage stops: when the relative change of two consecutive ``window``-iteration loss averages is below
-    ``tol`` (checked every ``check_every`` iterations, not before ``min_iterations``), after ``decays`` halvings
-    of the step size; or at the iteration budget.
+    """When a stage stops: at its iteration budget, or (checked every ``check_every`` iterations, not before
+    ``min_iterations``) when it has converged, after ``decays`` halvings of the step size. Two tests:
+
+    - motion: no point of the grid moved more than ``motion_tol`` voxels of the stage in the last ``window``
+      iterations (parameter change in mm: translations and displacements as they are, angles and matrix entries
+      times the grid radius, :mod:`xreg_edu.groupwise.optim`); robust to the noise of sampled histograms;
+    - loss (stages with every voxel in the histograms only): the relative change of two consecutive
+      ``window``-iteration loss averages is below ``tol``.
 
     Args:
-        tol: relative tolerance (>= 0; 0 runs every stage to its budget).
-        window: moving-average window w (>= 1 iterations).
+        tol: relative loss tolerance (>= 0; 0 turns both tests off: every stage runs its budget).
+        motion_tol: motion tolerance in voxels of the stage (>= 0; 0 turns the motion test off).
+        window: window w (>= 1 iterations) of both tests.
         check_every: iterations between two tests (>= 1).
-        min_iterations: no test before this many iterations of a stage (default ``2 * window``).
+        min_iterations: no test before this many iterations of a stage (default ``window``; the loss test
+            needs ``2 * window`` iterations in any case).
         decays: times the step size is halved at convergence before stopping (refinement).
     """
 
     tol: float = 1e-4
+    motion_tol: float = 0.05
     window: int = 10
     check_every: int = 5
     min_iterations: int | None = None
@@ -257,6 +296,7 @@ class ConvergenceOptions(_Options):
 
     def __post_init__(self) -> None:
         _number(self.tol, "tol")
+        _number(self.motion_tol, "motion_tol")
         _integer(self.window, "window", 1)
         _integer(self.check_every, "check_every", 1)
         if self.min_iterations is not None:

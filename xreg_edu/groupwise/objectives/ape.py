@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import histograms as H
+from ... import density as D
 from .base import GroupObjective, GroupSample
 
 
@@ -28,13 +28,12 @@ class APE(GroupObjective):
         """``[N, N]`` matrix of pairwise MIs (diagonal = marginal entropies), differentiable."""
         sv = sample.sampled()
         n, m = sv.shape
-        lo, width = H.bin_geometry(sv, self.bins, sample.bounds)           # robust range: outliers -> edge bins
-        first, w = H.spline_weights(sv, lo, width, self.bins)
-        dense = H.dense_weights(first, w, self.bins)                      # [N, M, B]
+        lo, hi = D.bin_range(sv, sample.bounds)                          # robust range: outliers -> edge bins
+        dense = D.dense_weights(sv, self.bins, lo=lo, hi=hi)              # [N, M, B]
         b = dense.shape[2]
         flat = dense.permute(0, 2, 1).reshape(n * b, m)                   # [N*B, M]
         joint = (flat @ flat.t()).view(n, b, n, b).permute(0, 2, 1, 3)   # [N, N, B, B]
-        return H.mutual_information_from_joint(joint)
+        return D.joint_mutual_information(joint)
 
     def loss(self, sample: GroupSample) -> Tensor:
         n = sample.num_images

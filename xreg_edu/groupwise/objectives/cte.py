@@ -4,8 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ...density import entropy
-from .. import histograms as H
+from ...density import bin_range, dense_weights, entropy
 from .base import GroupObjective, GroupSample
 
 
@@ -48,9 +47,8 @@ class CTE(GroupObjective):
         sv = sample.sampled()
         t = self.template(sv)[None]                                      # [1, M]
         allv = torch.cat([t, sv], 0)                                     # [N+1, M]
-        lo, width = H.bin_geometry(allv, self.bins)
-        first, w = H.spline_weights(allv, lo, width, self.bins)
-        dense = H.dense_weights(first, w, self.bins)                     # [N+1, M, B]
+        lo, hi = bin_range(allv)
+        dense = dense_weights(allv, self.bins, lo=lo, hi=hi)             # [N+1, M, B]
         joint = torch.einsum("mb,nmc->nbc", dense[0], dense[1:])         # [N, B, B] (template x image)
         h_joint = entropy(joint, dim=(1, 2))
         h_img = entropy(joint.sum(1), dim=1)

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..._checks import check_class_maps
+from ... import density as D
 from ...density import EPS, class_entropies
 from .. import estep
-from .. import histograms as H
 from .base import GroupObjective, GroupSample
 
 
@@ -114,46 +114,69 @@ class XCoReg(GroupObjective):
             self.log_prior = torch.full((k,), -math.log(k), device=device, dtype=dtype)
 
     # ------------------------------------------------------------------ Algorithm 1
+    def _histogram(self, sample_values: Tensor, posterior: Tensor, geometry, clamped: bool) -> Tensor:
+        """``[N, K, L + 4]`` B-spline class histograms of ``sample_values [N, M]`` weighted by ``posterior [K, M]``
+        on the bin geometry ``(lo, width)`` (a clamped range when ``clamped``: robust bounds)."""
+        if clamped:
+            return D.class_histogram(sample_values, posterior.t(), self.bins, geometry=geometry)
+        return D.class_histogram(sample_values, posterior.t(), self.bins)
+
+    def _pmfs(self, sample_values: Tensor, g: Tensor, geometry, clamped: bool) -> Tensor:
+        """E-step appearance M-step: ``p_j(b | k)`` ``[N, K, L + 4]`` from the sample and its posterior ``g``."""
+        if self.estep_histogram == "hard":
+            hist = D.hard_class_histogram(D.bin_lookup(sample_values, *geometry, self.bins, edge=True), g, self.bins)
+        else:
+            hist = self._histogram(sample_values, g, geometry, clamped)
+        return hist / hist.sum(dim=2, keepdim=True).clamp_min(EPS)
+
     def log_likelihood(self, values: Tensor, sample_values: Tensor, sample_index: Tensor,
                        geometry: tuple[Tensor, Tensor] | None = None, bounds=None) -> Tensor:
         """``[N, K, P]`` class-conditional log-likelihoods of every voxel (appearance M-step from the sample).
 
         Args:
             values: ``[N, P]`` all voxels; sample_values: ``[N, M]``; sample_index: ``[M]`` voxel indices.
-            geometry: optional precomputed ``(lo, width)`` of ``sample_values``.
+            geometry: optional precomputed ``(lo, width)`` of ``sample_values`` (:func:`xreg_edu.density.bin_geometry`).
             bounds: optional fixed ``(lo [N], hi [N])`` histogram range.
         """
         g = self.gamma.index_select(1, sample_index)
         if self.appearance == "gauss":
             return estep.gaussian_log_likelihood(values, sample_values, g)
-        lo, width = geometry if geometry is not None else H.bin_geometry(sample_values, self.bins, bounds)
-        if self.estep_histogram == "hard":
-            hist = H.hard_class_histogram(H.nearest_bin(sample_values, lo, width, self.bins), g, self.bins)
-        else:
-            hist = H.class_histogram(sample_values, g, self.bins, bounds)
-        pmf = hist / hist.sum(dim=2, keepdim=True).clamp_min(EPS)
-        return estep.lookup_log_likelihood(pmf, values, lo, width, self.bins, lookup=self.lookup)
+        geometry = geometry if geometry is not None else D.bin_geometry(sample_values, self.bins, bounds)
+        pmf = self._pmfs(sample_values, g, geometry, bounds is not None)
+        return estep.lookup_log_likelihood(pmf, values, *geometry, self.bins, lookup=self.lookup)
 
-    def _e_step(self, values: Tensor, sample_values: Tensor, index: Tensor, geometry=None, bounds=None) -> None:
-        loglik = self.log_likelihood(values, sample_values, index, geometry, bounds)
-        self.gamma = estep.e_step(loglik, self.log_prior, self.min_prob)
+    def _posterior_at(self, index: Tensor, num_voxels: int) -> Tensor:
+        """``[K, M]`` current posterior at the sampled voxels (no copy when every voxel is sampled)."""
+        return self.gamma if index.numel() == num_voxels else self.gamma.index_select(1, index)
+
+    def _e_step(self, values: Tensor, sample_values: Tensor, index: Tensor, geometry, bounds=None) -> None:
+        if self.appearance == "hist" and self.lookup == "hard":      # the default: fused, no [N, K, P] tensor
+            pmf = self._pmfs(sample_values, self._posterior_at(index, values.shape[1]), geometry, bounds is not None)
+            self.gamma = estep.posterior_from_pmfs(pmf, values, *geometry, self.bins, self.log_prior, self.min_prob)
+        else:
+            loglik = self.log_likelihood(values, sample_values, index, geometry, bounds)
+            self.gamma = estep.e_step(loglik, self.log_prior, self.min_prob)
         if self.atlas is None:
             self.log_prior = estep.global_prior(self.gamma, index).clamp_min(1e-12).log()
+
+    def _sweeps(self, sample: GroupSample, sample_values: Tensor, geometry) -> None:
+        """The E-step(s) of one iteration (``warmup`` extra sweeps before the first gradient step)."""
+        sweeps = 1 + (self.warmup if self._first_update else 0)
+        self._first_update = False
+        for _ in range(sweeps):
+            self._e_step(sample.values.detach(), sample_values, sample.index, geometry, sample.bounds)
 
     def update(self, sample: GroupSample) -> None:
         """E-step (log domain) and prior update for the current warp (no grad)."""
         sv = sample.sampled().detach()
-        geometry = H.bin_geometry(sv, self.bins, sample.bounds)
-        sweeps = 1 + (self.warmup if self._first_update else 0)
-        self._first_update = False
-        for _ in range(sweeps):
-            self._e_step(sample.values.detach(), sv, sample.index, geometry, sample.bounds)
+        self._sweeps(sample, sv, D.bin_geometry(sv, self.bins, sample.bounds))
 
     def metric_terms(self, sample: GroupSample) -> Tensor:
         """``[N]`` per-image ``I(U_j; Z)`` with the posterior as (detached) Z (differentiable in the warp)."""
         sv = sample.sampled()
-        g = self.gamma.index_select(1, sample.index)
-        return _information_terms(H.class_histogram(sv, g, self.bins, sample.bounds))
+        g = self._posterior_at(sample.index, sample.values.shape[1])
+        geometry = D.bin_geometry(sv, self.bins, sample.bounds)
+        return _information_terms(self._histogram(sv, g, geometry, sample.bounds is not None))
 
     def loss(self, sample: GroupSample) -> Tensor:
         return -self.metric_terms(sample).sum()
@@ -161,14 +184,11 @@ class XCoReg(GroupObjective):
     def step(self, sample: GroupSample) -> Tensor:
         """E-step then loss, sharing the sample and its bin geometry (one fewer pass over the data)."""
         sv = sample.sampled()
-        geometry = H.bin_geometry(sv, self.bins, sample.bounds)
+        geometry = D.bin_geometry(sv, self.bins, sample.bounds)
         with torch.no_grad():
-            sweeps = 1 + (self.warmup if self._first_update else 0)
-            self._first_update = False
-            for _ in range(sweeps):
-                self._e_step(sample.values.detach(), sv.detach(), sample.index, geometry, sample.bounds)
-        g = self.gamma.index_select(1, sample.index)
-        return -_information_terms(H.class_histogram(sv, g, self.bins, sample.bounds)).sum()
+            self._sweeps(sample, sv.detach(), geometry)
+        g = self._posterior_at(sample.index, sample.values.shape[1])
+        return -_information_terms(self._histogram(sv, g, geometry, sample.bounds is not None)).sum()
 
     def state(self) -> dict:
         k = self.num_classes
