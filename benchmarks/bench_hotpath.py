@@ -15,11 +15,13 @@ lookup, robust range) at full resolution, every voxel of the overlap sampled.
 - ``bound``: bytes one voxel x image x iteration touches at least (:data:`BYTES_PER_VOXEL_IMAGE_ITER`) / the memory
   bandwidth measured here (:func:`memory_bandwidth`, a large ``numpy`` copy).
 
-``--engine PATH`` imports ``xreg_edu`` from another checkout (e.g. the commit before the hot-path work), ``--label``
-names the run; runs with different labels accumulate in ``benchmarks/results/bench_hotpath.json`` (+ ``.png``:
-ns per voxel x image x iteration per part and label, the bound as a line). One thread; the load average is recorded.
+``--engines LABEL=PATH|LABEL=git:REV ...`` measures several engines side by side (e.g. the commit before the
+hot-path work against this checkout): every (engine, setting) in a fresh one-thread process, the engines
+alternating for ``--repeats`` rounds, the least disturbed round kept part by part. Writes
+``benchmarks/results/bench_hotpath.json`` + ``.png`` (ns per voxel x image x iteration per part and engine, the bound
+as a line); the load average is recorded at the start and end.
 
-Usage: ``python benchmarks/bench_hotpath.py [--label after] [--engine PATH] [--iterations 20] [--quick]``.
+Usage: ``python benchmarks/bench_hotpath.py [--engines before=git:a47b009 after=.] [--iterations 20] [--quick]``.
 """
 from __future__ import annotations
 
@@ -150,68 +152,121 @@ def end_to_end(obs, iterations: int) -> dict:
 
 
 def figure(results: dict):
+    """Stacked ns per voxel x image x iteration per part (minimum per part) and engine, the end-to-end cost
+    (a marker) and the bandwidth bound (dashed), one panel per setting."""
     sys.path.insert(0, str(HERE))
     from _common import plot_style
     plt = plot_style()
-    fig, axes = plt.subplots(1, len(SETTINGS), figsize=(7, 3.6), sharey=False)
+    fig, axes = plt.subplots(1, len(SETTINGS), figsize=(7, 4.2))
     for ax, setting in zip(axes, SETTINGS):
         labels = [lab for lab, run in results["runs"].items() if setting in run]
         if not labels:
             continue
+        runs = [results["runs"][lab][setting] for lab in labels]
         bottom = np.zeros(len(labels))
         for i, p in enumerate(PARTS):
-            vals = np.array([results["runs"][lab][setting]["parts_ns"].get(p, 0.0) for lab in labels])
-            ax.bar(labels, vals, bottom=bottom, label=p, color=plt.cm.tab10(i))
+            vals = np.array([r["parts_ns"].get(p, 0.0) for r in runs])
+            ax.bar(labels, vals, bottom=bottom, label=p, color=plt.cm.tab10(i), width=0.6)
             bottom += vals
-        bound = results["runs"][labels[-1]][setting]["cost"]["bound_ns"]
-        ax.axhline(bound, color="k", ls="--", lw=1, label="bandwidth bound")
-        ax.set_title(f"{setting}: {'x'.join(map(str, results['runs'][labels[-1]][setting]['shape']))}, N = 3")
+        ax.plot(labels, [r["cost"]["ns"] for r in runs], "kD", label="end to end (all iterations)")
+        ax.axhline(runs[-1]["cost"]["bound_ns"], color="k", ls="--", lw=1, label="bandwidth bound")
+        ax.set_title(f"{setting}: {' x '.join(map(str, runs[-1]['shape']))}, N = {runs[-1]['images']}")
         ax.set_ylabel("ns per voxel x image x iteration")
-    axes[-1].legend(fontsize=8, loc="upper right")
-    fig.tight_layout()
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=3, fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.2, 1, 1))
     return fig
+
+
+def worker(setting: str, iterations: int) -> dict:
+    """One engine, one setting (run in a fresh process with the engine first on ``sys.path``)."""
+    import torch
+    torch.set_num_threads(1)
+    sys.path.insert(0, str(HERE))
+    from _common import _LIBC, machine
+    if _LIBC is not None:     # _common fixes a 64 KiB mmap threshold (for its RSS probe); the hot path is timed with
+        _LIBC.mallopt(-3, 32 * 2 ** 20)   # glibc's warm default instead (blocks >= 32 MiB are mmapped)
+    obs = _group(setting)
+    return {"shape": list(obs.shape), "voxels": int(np.prod(obs.shape)), "images": obs.images.shape[0],
+            "parts_ms": parts(obs, iterations), "end_to_end": end_to_end(obs, iterations), "machine": machine(1)}
+
+
+def _engine_path(spec: str, tmp: Path) -> Path:
+    """``PATH`` (a checkout) or ``git:REV`` (this repository's ``xreg_edu`` at REV, unpacked into ``tmp``)."""
+    if not spec.startswith("git:"):
+        return Path(spec).resolve()
+    import subprocess
+    import tarfile
+    rev = spec[4:]
+    out = tmp / rev
+    out.mkdir(parents=True, exist_ok=True)
+    tar = subprocess.run(["git", "-C", str(HERE.parent), "archive", rev, "xreg_edu"], check=True,
+                         capture_output=True).stdout
+    import io
+    tarfile.open(fileobj=io.BytesIO(tar)).extractall(out)
+    return out
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--label", default="after")
-    ap.add_argument("--engine", default=None, help="checkout whose xreg_edu is imported (default: this one)")
+    ap.add_argument("--engines", nargs="+", default=[f"this={HERE.parent}"],
+                    help="LABEL=PATH or LABEL=git:REV, measured side by side (alternating, in fresh processes)")
     ap.add_argument("--iterations", type=int, default=20)
-    ap.add_argument("--quick", action="store_true", help="5 iterations, 2-D only")
+    ap.add_argument("--repeats", type=int, default=2, help="alternating rounds; the minimum per part is kept")
+    ap.add_argument("--quick", action="store_true", help="5 iterations, 1 round, 2-D only, nothing written")
+    ap.add_argument("--replot", action="store_true", help="redraw the PNG from the JSON")
+    ap.add_argument("--worker", nargs=3, metavar=("ENGINE", "SETTING", "ITERATIONS"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.engine:
-        sys.path.insert(0, str(Path(args.engine).resolve()))
-    import torch
-    torch.set_num_threads(1)
+    if args.worker:
+        sys.path.insert(0, args.worker[0])
+        print(json.dumps(worker(args.worker[1], int(args.worker[2]))))
+        return
+    import subprocess
+    import tempfile
     sys.path.insert(0, str(HERE))
-    from _common import _LIBC, machine, write
-    if _LIBC is not None:     # _common fixes a 64 KiB mmap threshold (for its RSS probe); the hot path is timed with
-        _LIBC.mallopt(-3, 32 * 2 ** 20)   # glibc's warm default instead (blocks >= 32 MiB are mmapped)
-    iters = 5 if args.quick else args.iterations
+    from _common import machine, write
+    if args.replot:
+        results = json.loads((HERE / "results" / "bench_hotpath.json").read_text())
+        write("bench_hotpath", results, figure(results))
+        return
+    iters, repeats = (5, 1) if args.quick else (args.iterations, args.repeats)
+    settings = SETTINGS[:1] if args.quick else SETTINGS
     bw = memory_bandwidth()
-    run = {"machine": machine(1), "iterations": iters}
-    for setting in SETTINGS[:1] if args.quick else SETTINGS:
-        obs = _group(setting)
-        nvox = int(np.prod(obs.shape))
-        n = obs.images.shape[0]
-        p = parts(obs, iters)
-        e2e = end_to_end(obs, iters)
-        per = e2e["cpu_s_per_iteration"] / (nvox * n)
-        run[setting] = {"shape": list(obs.shape), "voxels": nvox, "images": n, "parts_ms": p,
-                        "parts_ns": {k: 1e6 * v / (nvox * n) for k, v in p.items()}, "end_to_end": e2e,
-                        "cost": cost_report(per, bw),
-                        "wall_ns_per_voxel_image_iteration": 1e9 * e2e["wall_s_per_iteration"] / (nvox * n)}
-        print(f"{args.label} {setting} {obs.shape}: " + ", ".join(f"{k} {v:.1f}" for k, v in p.items())
-              + f" ms; end to end {1e3 * e2e['cpu_s_per_iteration']:.1f} ms CPU/iteration = "
-              f"{run[setting]['cost']['ns']:.1f} ns per voxel x image x iteration (bound "
-              f"{run[setting]['cost']['bound_ns']:.2f} ns at {bw / 1e9:.1f} GB/s)", flush=True)
-    run["machine"]["loadavg_end"] = list(os.getloadavg())
-    path = HERE / "results" / "bench_hotpath.json"
-    results = json.loads(path.read_text()) if path.exists() else {}
-    results.setdefault("runs", {})[args.label] = run
-    results["description"] = __doc__.splitlines()[0]
-    results["bytes_per_voxel_image_iteration"] = BYTES_PER_VOXEL_IMAGE_ITER
-    write("bench_hotpath", results, figure(results) if not args.quick else None)
+    load_start = list(os.getloadavg())
+    runs: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        engines = {spec.split("=", 1)[0]: (spec.split("=", 1)[1], _engine_path(spec.split("=", 1)[1], Path(tmp)))
+                   for spec in args.engines}
+        for _ in range(repeats):
+            for label, (spec, path) in engines.items():
+                for setting in settings:
+                    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(path)}
+                    out = subprocess.run([sys.executable, __file__, "--worker", str(path), setting, str(iters)],
+                                         env=env, capture_output=True, text=True, check=True).stdout
+                    r = json.loads(out.strip().splitlines()[-1])
+                    prev = runs.setdefault(label, {"engine": spec}).get(setting)
+                    if prev is not None:          # keep the least disturbed round, part by part
+                        r["parts_ms"] = {k: min(v, prev["parts_ms"][k]) for k, v in r["parts_ms"].items()}
+                        r["end_to_end"] = {k: min(v, prev["end_to_end"][k]) for k, v in r["end_to_end"].items()}
+                    runs[label][setting] = r
+                    print(f"{label} {setting}: " + ", ".join(f"{k} {v:.1f}" for k, v in r["parts_ms"].items())
+                          + f" ms; end to end {1e3 * r['end_to_end']['cpu_s_per_iteration']:.1f} ms CPU/iteration",
+                          flush=True)
+    for label, run in runs.items():
+        for setting in settings:
+            r = run[setting]
+            nvi = r["voxels"] * r["images"]
+            r["parts_ns"] = {k: 1e6 * v / nvi for k, v in r["parts_ms"].items()}
+            r["cost"] = cost_report(r["end_to_end"]["cpu_s_per_iteration"] / nvi, bw)
+            r["wall_ns_per_voxel_image_iteration"] = 1e9 * r["end_to_end"]["wall_s_per_iteration"] / nvi
+            print(f"{label} {setting} {r['shape']}: {r['cost']['ns']:.1f} ns per voxel x image x iteration "
+                  f"(parts {sum(r['parts_ns'].values()):.1f}), bound {r['cost']['bound_ns']:.2f} ns at "
+                  f"{bw / 1e9:.1f} GB/s: {r['cost']['ratio']:.0f} x the bound")
+    results = {"description": __doc__.splitlines()[0], "runs": runs, "iterations": iters, "repeats": repeats,
+               "bandwidth_bytes_per_s": bw, "bytes_per_voxel_image_iteration": BYTES_PER_VOXEL_IMAGE_ITER,
+               "machine": {**machine(1), "loadavg_start": load_start}}
+    if not args.quick:                        # a quick run is a smoke test: printed, not written
+        write("bench_hotpath", results, figure(results))
 
 
 if __name__ == "__main__":
