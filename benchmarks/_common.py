@@ -31,8 +31,9 @@ def _libc():
 
 
 _LIBC = _libc()
-if _LIBC is not None:            # glibc: fixed 64 KiB mmap threshold, so freed tensors leave the resident set
-    _LIBC.mallopt(-3, 65536)     # M_MMAP_THRESHOLD (also turns off the dynamic threshold)
+if _LIBC is not None:            # glibc: fixed 32 MiB mmap threshold (its warm default), so freed large tensors
+    _LIBC.mallopt(-3, 32 * 2 ** 20)   # leave the resident set; a 64 KiB one page-faulted every tensor and inflated
+                                      # the timings (measured by bench_hotpath). M_MMAP_THRESHOLD; measure() trims.
 _OBJECTIVE = {"bins", "appearance", "prior", "min_prob", "lookup", "init_posterior", "warmup", "estep_histogram",
               "gmm_init", "kernel_sigma", "regularization", "normalize"}
 _SCHEDULE = {"optimizer", "step_size", "iterations", "pyramid", "refine_step", "sample_rate"}

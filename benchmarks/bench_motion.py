@@ -2,6 +2,9 @@
 
 - **Perfusion (the talk's experiment):** the QPerf arterial-input-function series (``qperf``, subject ``aif``: 99
   frames, 64 x 64, one LV/RV blood-pool mask for the series). All frames are registered at once by X-CoReg.
+- **Perfusion, myocardial crops:** the QPerf ``rest`` (68 frames, 51 x 51) and ``stress`` (59 frames, 40 x 40)
+  series, Gd concentration maps that the QPerf pipeline has probably motion-corrected already and that have no
+  masks: a control (registration should change little), read out in the central box of the field of view.
 - **Cine:** every slice of ``cine_cmr`` (10 slices x 17 phases, one label map per slice, classes undocumented
   upstream; the heart ROI is every non-zero label). All 17 frames of each slice are registered at once.
 
@@ -10,7 +13,8 @@ the largest I(U_j; Z) (chapter 5). Read-outs, before and after: the time-intensi
 the mask on the fixed image grid; after: the mask carried into the common space by that frame's transform), its
 total variation (sum of |frame-to-frame change|, lower = less motion-induced jitter), the mean over frames of
 I(U_j; Z) with the carried label map (agreement of every frame with the labelled anatomy), and the temporal
-standard deviation inside the ROI. Per-frame Dice needs a label map per frame, which neither dataset has.
+standard deviation inside the ROI, and the pixel-wise total variation (mean over the ROI's pixels of the total
+variation of each pixel's own time curve, the read-out that needs no region to be drawn). Per-frame Dice needs a label map per frame, which neither dataset has.
 
 Writes ``benchmarks/results/bench_motion.json`` and ``.png``.
 
@@ -29,30 +33,54 @@ sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 
+def pixel_tv(series: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean over the ``mask`` pixels of the total variation of each pixel's time curve; ``series [T, H, W]``."""
+    return float((series[1:] - series[:-1]).abs().sum(0)[mask].mean())
+
+
+def central_box(shape) -> torch.Tensor:
+    """``[H, W]`` bool: the middle half of the field of view along each axis (away from the warp's border)."""
+    box = torch.zeros(shape, dtype=torch.bool)
+    box[tuple(slice(n // 4, n - n // 4) for n in shape)] = True
+    return box
+
+
 def correct(frames, labels, regions: dict, transform: str, iterations: int, seed: int = 0):
-    """Register a series; returns the before/after read-outs (curves per region, agreement, temporal std)."""
+    """Register a series; returns the before/after read-outs (curves per region, agreement, temporal std).
+
+    ``labels`` (one label map of the series, ``[T, 1, H, W]``) may be None: the read-outs are then those of the
+    central box of the field of view (``regions`` is ignored), and no frame is matched to a label map.
+    """
     from xreg_edu import info
-    k = int(labels.max()) + 1
-    z = info.labels_to_posterior(labels[0, 0], num_classes=k)
-    agree_before = info.x_metric_terms(frames.images, z, bins=32)
-    ref = int(agree_before.argmax())
+    ref, agree_before, k = None, None, None
+    if labels is not None:
+        k = int(labels.max()) + 1
+        z = info.labels_to_posterior(labels[0, 0], num_classes=k)
+        agree_before = info.x_metric_terms(frames.images, z, bins=32)
+        ref = int(agree_before.argmax())
     r, wall, cpu, mb = C.measure(lambda: C.register(frames, "xcoreg", transform, seed=seed, iterations=iterations))
     if isinstance(r, Exception):
         return {"error": f"{type(r).__name__}: {r}", "ref_frame": ref}
-    carried = r.apply_labels(labels)[ref, 0]
-    zc = info.labels_to_posterior(carried, num_classes=k)
-    agree_after = info.x_metric_terms(r.warped, zc, bins=32)
     out = {"ref_frame": ref, "frames": frames.images.shape[0], "cpu_s": cpu, "wall_s": wall, "peak_mb": mb,
-           "iterations": r.iterations, "agreement_before": agree_before.tolist(),
-           "agreement_after": agree_after.tolist(), "curves": {}}
-    for name, classes in regions.items():
-        before_mask = torch.isin(labels[0, 0], torch.tensor(classes))
-        after_mask = torch.isin(carried, torch.tensor(classes))
+           "iterations": r.iterations, "curves": {}}
+    if labels is None:
+        box = central_box(frames.shape)
+        masks = {"central box": (box, box)}
+    else:
+        carried = r.apply_labels(labels)[ref, 0]
+        zc = info.labels_to_posterior(carried, num_classes=k)
+        out.update(agreement_before=agree_before.tolist(),
+                   agreement_after=info.x_metric_terms(r.warped, zc, bins=32).tolist())
+        masks = {name: (torch.isin(labels[0, 0], torch.tensor(c)), torch.isin(carried, torch.tensor(c)))
+                 for name, c in regions.items()}
+    for name, (before_mask, after_mask) in masks.items():
         cb = frames.images[:, 0][:, before_mask].mean(1)
         ca = r.warped[:, 0][:, after_mask].mean(1)
         out["curves"][name] = {
             "before": cb.tolist(), "after": ca.tolist(),
             "tv_before": float((cb[1:] - cb[:-1]).abs().sum()), "tv_after": float((ca[1:] - ca[:-1]).abs().sum()),
+            "pixel_tv_before": pixel_tv(frames.images[:, 0], before_mask),
+            "pixel_tv_after": pixel_tv(r.warped[:, 0], after_mask),
             "tstd_before": float(frames.images[:, 0][:, before_mask].std(0).mean()),
             "tstd_after": float(r.warped[:, 0][:, after_mask].std(0).mean())}
     return out
@@ -89,6 +117,17 @@ def main(argv=None) -> int:
                                   args.iterations)}
     print("perfusion:", {k: v for k, v in out["perfusion"]["curves"].items()} if "curves" in out["perfusion"]
           else out["perfusion"], flush=True)
+    # the two myocardial crops: no masks, already processed by QPerf (probably motion-corrected): a control
+    out["perfusion_crops"] = {}
+    for series in ("rest", "stress"):
+        g = xr.load_dataset("qperf", subjects=series, size=None,
+                            **({} if frames_sel is None else {"frames": list(range(0, 59, 3))}))
+        res = {"series": f"qperf {series}", "shape": list(g.shape), **correct(g, None, {}, args.transform,
+                                                                            args.iterations)}
+        out["perfusion_crops"][series] = res
+        c = res.get("curves", {}).get("central box", {})
+        print(f"perfusion {series}: pixel TV {c.get('pixel_tv_before', float('nan')):.4f} -> "
+              f"{c.get('pixel_tv_after', float('nan')):.4f}", flush=True)
     cine = {}
     for s in slices:
         g = xr.load_dataset("cine_cmr", dim=2, size=args.cine_size, slice_index=s)

@@ -206,11 +206,11 @@ def main(argv=None) -> int:
 
 
 def _plot(res, sizes, methods, fits, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import _common as C
 
-    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    plt = C.plot_style()
+    fig, ax = plt.subplots(1, 2, figsize=(7.2, 3.4))
     for m in methods:
         ax[0].loglog(sizes, [res[m][n]["seconds_per_iteration"] for n in sizes], "o-",
                      label=f"{m} (slope {fits[m]['slope_loglog']:.2f})")
@@ -220,11 +220,11 @@ def _plot(res, sizes, methods, fits, path):
     ax[1].set_xlabel("group size N")
     ax[1].set_ylabel("peak memory above baseline (MB)")
     for a in ax:
-        a.legend(fontsize=8)
+        a.legend(fontsize=9)
         a.grid(True, which="both", alpha=0.3)
-    fig.suptitle("Groupwise rigid registration cost vs N (128 x 128 real brain slices)")
+    fig.suptitle("Rigid registration cost vs N (128 x 128 real brain slices)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=150, bbox_inches="tight")
     plt.close(fig)
 
 
