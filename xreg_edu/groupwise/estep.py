@@ -57,7 +57,7 @@ def e_step(log_likelihood: Tensor, log_prior: Tensor, min_prob: float = 1e-3) ->
             renormalised (the official code does not renormalise, spec §10 item 4).
 
     X-CoReg's default (hard-lookup) E-step computes the same posterior without forming the ``[N, K, P]``
-    log-likelihoods: :func:`posterior_from_pmfs`.
+    log-likelihoods: ``xreg_edu.groupwise.estep.posterior_from_pmfs``.
     """
     gamma = log_posterior(log_likelihood, log_prior).exp()
     if min_prob > 0:
