@@ -149,6 +149,15 @@ def paired_p(a, b):
         return None
 
 
+def cost_ratios(rows: dict, methods, reference: str = "X-CoReg") -> dict:
+    """``{method: (time ratio, memory ratio)}``: mean ``cpu_s`` and mean ``peak_mb`` of each method's per-group
+    ``rows[method]`` over the reference method's (memory ratio ``None`` when the reference used none)."""
+    ref = rows[reference]
+    t0, m0 = np.mean(ref["cpu_s"]), np.mean(ref["peak_mb"])
+    return {m: (float(np.mean(rows[m]["cpu_s"]) / t0),
+                float(np.mean(rows[m]["peak_mb"]) / m0) if m0 > 0 else None) for m in methods}
+
+
 def stats(values) -> dict:
     """mean, sd, median, min, max over the finite values and the number of failed (NaN) ones."""
     v = np.asarray(values, float)
@@ -217,10 +226,10 @@ def resample(group, spacing: float, pad_mm: float = 0.0):
                    affines=None)
 
 
-def finish(name: str, out: dict, plot, threads: int, t_start: float) -> Path:
+def finish(name: str, out: dict, plot, threads: int, t_start: float, device: str = "cpu") -> Path:
     """Record the machine at the end and the wall time, write the JSON first (a plotting error must not lose the
     numbers), then JSON + PNG; print where."""
-    out["machine_end"] = machine(threads)
+    out["machine_end"] = machine(threads, device)
     out["total_wall_s"] = time.time() - t_start
     write(name, out)
     path = write(name, out, plot(out))

@@ -132,11 +132,7 @@ def main(argv=None) -> int:
                                "groups_run": len(rows["None"]["gre"]),
                                "summary": summarise(rows, methods, len(rows["None"]["gre"]))}
         print_table(ds, out["datasets"][ds]["summary"])
-    out["machine_end"] = C.machine(args.threads, args.device)
-    out["total_wall_s"] = time.time() - t_start
-    C.write(args.name, out)  # the numbers first: a plotting error must not lose them
-    path = C.write(args.name, out, plot(out, methods))
-    print(f"wrote {path} and .png in {out['total_wall_s']:.0f} s")
+    C.finish(args.name, out, lambda o: plot(o, methods), args.threads, t_start, args.device)
     return 0
 
 
@@ -157,10 +153,8 @@ def summarise(rows, methods, n):
             s["p_vs_xcoreg"] = C.paired_p(g, ref["gre"])
         summ[m] = s
     if ref is not None:
-        t0, m0 = np.mean(ref["cpu_s"]), np.mean(ref["peak_mb"])
-        for m in methods:
-            summ[m]["time_r"] = float(np.mean(rows[m]["cpu_s"]) / t0)
-            summ[m]["mem_r"] = float(np.mean(rows[m]["peak_mb"]) / m0) if m0 > 0 else None
+        for m, (time_r, mem_r) in C.cost_ratios(rows, methods).items():
+            summ[m].update(time_r=time_r, mem_r=mem_r)
     return summ
 
 

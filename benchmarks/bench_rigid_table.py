@@ -174,10 +174,8 @@ def summarise(rows, methods):
             s["p_vs_xcoreg"] = C.paired_p(g, ref["gre"])
         summary[name] = s
     if ref is not None:
-        t0, m0 = np.mean(ref["cpu_s"]), np.mean(ref["peak_mb"])
-        for m in methods:
-            summary[m]["time_ratio"] = float(np.mean(rows[m]["cpu_s"]) / t0)
-            summary[m]["mem_ratio"] = float(np.mean(rows[m]["peak_mb"]) / m0) if m0 > 0 else None
+        for m, (time_ratio, mem_ratio) in C.cost_ratios(rows, methods).items():
+            summary[m].update(time_ratio=time_ratio, mem_ratio=mem_ratio)
     return summary
 
 
