@@ -4,17 +4,15 @@ A real 3-D group: open_ms patient07 FLAIR/T1/T1POST/T2 volumes (N = 4), resample
 rigidly misaligned (seeded, group mean zero, ±10° about each axis, ±10 mm). For each configuration (rigid with full
 sampling, rigid with rho = 0.1, FFD on top of the rigid result) it times ``--iterations`` iterations after a warm-up
 (CUDA-synchronised callback timestamps), reports iterations/s and the peak GPU memory, and for the rigid run to
-convergence the gRE before/after (mm). Prints a table, writes ``benchmarks/results/bench_gpu.json`` and
-``benchmarks/results/bench_gpu.png``.
+``register_group``'s defaults (the grid's default schedule) to convergence the time and the gRE before/after (mm).
+Prints a table, writes ``benchmarks/results/<--name>.json`` and ``.png`` (atomically, with the machine record).
 
 Usage: ``python benchmarks/bench_gpu.py [--device cuda] [--size 160] [--iterations 50]``
-(``--device cpu --size 48`` runs the same script as a smoke test without a GPU).
+(``--device cpu --size 48 --name bench_gpu_cpu_smoke`` runs the same script as a smoke test without a GPU).
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
 import statistics
 import sys
@@ -23,8 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def make_group(size: int, device: str):
@@ -68,7 +64,9 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=160)
     ap.add_argument("--iterations", type=int, default=50)
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    ap.add_argument("--name", default="bench_gpu", help="results/<name>.json|.png (e.g. bench_gpu_cpu_smoke)")
     args = ap.parse_args(argv)
+    t_start = time.time()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -78,6 +76,9 @@ def main(argv=None) -> int:
     from xreg_edu.groupwise import ConvergenceOptions, ScheduleOptions, TransformLevel, register_group
     from xreg_edu.simulate import misalign
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import machine
+    start = machine(torch.get_num_threads(), args.device)
     g = make_group(args.size, args.device)
     obs, mis = misalign(g, "rigid", seed=0, max_angle_deg=10.0, max_translation_mm=10.0)
     fg = g.images.mean(0)[0] > 0.02
@@ -98,42 +99,39 @@ def main(argv=None) -> int:
         print(f"{label:18s} {t['iterations_per_s']:8.2f} it/s  {t['ms_per_iteration']:8.1f} ms/it  "
               f"peak {t['peak_gpu_memory_mb']:8.0f} MB", flush=True)
 
-    # accuracy sanity check: rigid to convergence
-    if args.device.startswith("cuda"):
-        torch.cuda.synchronize()
+    # accuracy: register_group's defaults (the default schedule of this grid) to convergence
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    sync()
     t0 = time.perf_counter()
-    r = register_group(obs, transform="rigid", device=args.device, schedule=ScheduleOptions(pyramid=2),
-                       convergence=ConvergenceOptions(tol=1e-3))
-    if args.device.startswith("cuda"):
-        torch.cuda.synchronize()
+    r = register_group(obs, device=args.device)
+    sync()
     conv = {"seconds": time.perf_counter() - t0, "iterations": r.iterations,
+            "stages": [{k: s[k] for k in ("name", "shape", "iterations", "sample_rate")} for s in r.stages],
             "gre_before_mm": float(group_registration_error(mis.points, fg)),
             "gre_after_mm": float(group_registration_error(mis.true_points(r.points), fg))}
-    print(f"rigid to convergence (pyramid 2): {conv['iterations']} iterations in {conv['seconds']:.1f} s, "
+    print(f"register_group defaults: {conv['iterations']} iterations in {conv['seconds']:.1f} s, "
           f"gRE {conv['gre_before_mm']:.2f} -> {conv['gre_after_mm']:.3f} mm")
 
     print("\n| configuration | iterations/s | ms/iteration | peak GPU memory (MB) |")
     print("|---|---|---|---|")
     for label, t in rows.items():
         print(f"| {label} | {t['iterations_per_s']:.2f} | {t['ms_per_iteration']:.1f} | {t['peak_gpu_memory_mb']:.0f} |")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = {"benchmark": "bench_gpu", "device": args.device, "device_name": name,
+    from _common import finish
+    out = {"benchmark": "bench_gpu", "device": args.device, "device_name": name, "machine_start": start,
            "group_shape": list(obs.images.shape), "spacing_mm": list(obs.spacing), "iterations": args.iterations,
-           "configs": rows, "rigid_convergence": conv,
-           "machine": {"platform": platform.platform(), "torch": torch.__version__,
-                       "cuda": torch.version.cuda, "cpu_count": os.cpu_count()}}
-    (RESULTS / "bench_gpu.json").write_text(json.dumps(out, indent=1))
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.barh(list(rows), [t["iterations_per_s"] for t in rows.values()], color="tab:green")
-    ax.set_xlabel("iterations per second")
-    ax.set_title(f"X-CoReg, N = 4 x {args.size}^3, {name}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(RESULTS / "bench_gpu.png", dpi=100)
-    plt.close(fig)
-    print(f"wrote {RESULTS / 'bench_gpu.json'} and bench_gpu.png")
+           "configs": rows, "default_schedule_run": conv, "cuda": torch.version.cuda}
+
+    def plot(out):
+        from _common import plot_style
+        plt = plot_style()
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.barh(list(out["configs"]), [t["iterations_per_s"] for t in out["configs"].values()], color="tab:green")
+        ax.set_xlabel("iterations per second")
+        ax.set_title(f"X-CoReg, N = 4 x {args.size}^3, {name}")
+        fig.tight_layout()
+        return fig
+
+    finish(args.name, out, plot, torch.get_num_threads(), t_start, args.device)
     return 0
 
 

@@ -10,9 +10,10 @@ runs at each stage's resolution (the posterior is resampled between stages).
   :data:`SAMPLE_VOXELS` voxels builds its histograms from a random sample of about that many (2 mm: rho = 0.15 at
   full resolution), an iteration of which costs little more than the warp and the E-step.
 - 2-D: slices up to :data:`SINGLE_LEVEL_EXTENT_2D` pixels along the longest axis (the book's and the tests' 48-128 px
-  slices) stay at full resolution only; larger ones get levels down to at most :data:`COARSE_EXTENT_2D` pixels (a
-  full 218 x 182 slice: quarter, half, full), the finer ones refining on :data:`REFINE_ITERATIONS_2D` iterations each
-  (chosen on held-apart patients by ``benchmarks/bench_schedule_2d.py``).
+  slices) stay at full resolution only; larger ones (a full 218 x 182 slice) get a half-resolution level first, the
+  full-resolution stage refining on :data:`REFINE_ITERATIONS_2D` iterations at :data:`REFINE_STEP_2D` of the step
+  (chosen on patients that the benchmarks do not report, ``benchmarks/bench_schedule_2d.py``: a quarter-resolution
+  level was faster but lost groups at the larger misalignments).
 """
 from __future__ import annotations
 
@@ -28,10 +29,10 @@ COARSE_EXTENT = 40
 MAX_LEVELS = 4
 #: longest axis (pixels) of the largest 2-D grid registered at full resolution only
 SINGLE_LEVEL_EXTENT_2D = 160
-#: longest axis (pixels) of the coarsest level of a larger 2-D grid
-COARSE_EXTENT_2D = 64
-#: iteration budget of each finer stage of a 2-D pyramid
+#: iteration budget of the full-resolution stage of a larger 2-D grid
 REFINE_ITERATIONS_2D = 5
+#: its step size relative to the half-resolution stage's
+REFINE_STEP_2D = 1 / 16
 #: voxels of the histogram sample of a large stage
 SAMPLE_VOXELS = 2 ** 17
 #: iteration budgets of the finer stages: the intermediate ones, then the finest
@@ -41,11 +42,10 @@ REFINE_ITERATIONS = (20, 10)
 def pyramid_levels(shape: Sequence[int]) -> int:
     """Number of pyramid levels (1 = full resolution only) of the default schedule for a grid ``shape``."""
     shape = [int(n) for n in shape]
-    if len(shape) < 3 and max(shape) <= SINGLE_LEVEL_EXTENT_2D:
-        return 1
-    coarse = COARSE_EXTENT if len(shape) >= 3 else COARSE_EXTENT_2D
+    if len(shape) < 3:
+        return 2 if max(shape) > SINGLE_LEVEL_EXTENT_2D else 1
     levels, extent = 1, max(shape)
-    while extent > coarse and levels < MAX_LEVELS:
+    while extent > COARSE_EXTENT and levels < MAX_LEVELS:
         extent = (extent + 1) // 2
         levels += 1
     return levels
@@ -72,7 +72,7 @@ def default_schedule(shape: Sequence[int], spacing: Sequence[float] | None = Non
     voxels = [int(torch.Size(s).numel()) for s in stage_shapes(shape, levels)]
     rates = tuple(1.0 if s == 0 else min(1.0, SAMPLE_VOXELS / v) for s, v in enumerate(voxels))
     if len(shape) < 3:
-        refine = (REFINE_ITERATIONS_2D,) * (levels - 1)
-    else:
-        refine = (REFINE_ITERATIONS[0],) * (levels - 2) + (REFINE_ITERATIONS[1],)
+        return ScheduleOptions(pyramid=levels, refine_iterations=REFINE_ITERATIONS_2D, refine_step=REFINE_STEP_2D,
+                               sample_rate=rates)
+    refine = (REFINE_ITERATIONS[0],) * (levels - 2) + (REFINE_ITERATIONS[1],)
     return ScheduleOptions(pyramid=levels, refine_iterations=refine, sample_rate=rates)
