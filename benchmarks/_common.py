@@ -36,7 +36,7 @@ if _LIBC is not None:            # glibc: fixed 32 MiB mmap threshold (its warm 
                                       # the timings (measured by bench_hotpath). M_MMAP_THRESHOLD; measure() trims.
 _OBJECTIVE = {"bins", "appearance", "prior", "min_prob", "lookup", "init_posterior", "warmup", "estep_histogram",
               "gmm_init", "kernel_sigma", "regularization", "normalize"}
-_SCHEDULE = {"optimizer", "step_size", "iterations", "pyramid", "refine_step", "sample_rate"}
+_SCHEDULE = {"optimizer", "step_size", "iterations", "pyramid", "refine_step", "refine_iterations", "sample_rate"}
 _CONVERGENCE = {"tol", "window", "check_every", "min_iterations", "decays"}
 _LEVEL = {"alpha", "control_spacing", "velocity_spacing", "svf_steps"}
 

@@ -37,7 +37,8 @@ METHODS = {                     # label -> (method, ObjectiveOptions fields)
     "GMM-sym": ("gmm", {"gmm_init": "symmetric"}),
     "CG": ("cg", {}),
 }
-PRESETS = {"fast": {"pyramid": 2, "tol": 1e-3}, "default": {}}     # flat register_group keywords (see _common)
+PRESETS = {"fast": {"pyramid": 2, "tol": 1e-3}, "default": {},       # flat register_group keywords (see _common)
+           "previous-2d": {"pyramid": 2, "refine_iterations": 10}}   # the 2-D default before bench_schedule_2d
 TALK = {"None": "40.65 ± 4.29", "GMM": "15.84 ± 7.78", "CTE": "13.46 ± 5.04", "APE": "5.36 ± 2.60",
         "X-CoReg": "5.52 ± 1.90"}
 TALK_TIME = {"GMM": 0.57, "CTE": 0.98, "APE": 2.02, "X-CoReg": 1.00}
@@ -82,7 +83,9 @@ def main(argv=None) -> int:
     ap.add_argument("--name", default="bench_rigid_table", help="results file stem (default bench_rigid_table)")
     ap.add_argument("--preset", default="default", choices=list(PRESETS),
                     help="loop settings shared by every method: 'default' = register_group's defaults (its default "
-                         "schedule for the grid; the default); 'fast' = 2-level pyramid, loss tolerance 1e-3")
+                         "schedule for the grid; the default); 'fast' = 2-level pyramid, loss tolerance 1e-3; "
+                         "'previous-2d' = the 2-D default before bench_schedule_2d (refinement: 10 iterations at "
+                         "1/4 of the step), for a side-by-side check")
     ap.add_argument("--quick", action="store_true", help="2 seeds, 3 methods: a smoke test")
     args = ap.parse_args(argv)
     if args.quick:
