@@ -37,14 +37,19 @@ def make_group(size: int, device: str):
     return g.to(device)
 
 
+def _sync(device: str) -> None:
+    """Wait for the device's queued kernels (CUDA), so that a time stamp taken next is the work's end."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def timed_run(images, spacing, device, iterations, transform="rigid", sample_rate=1.0):
     from xreg_edu.groupwise import ConvergenceOptions, ScheduleOptions, register_group
 
     stamps = []
 
     def cb(stage, it, transform, loss, state):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+        _sync(device)
         stamps.append(time.perf_counter())
 
     if device.startswith("cuda"):
@@ -73,11 +78,11 @@ def main(argv=None) -> int:
         print("CUDA is not available: run with --device cpu --size 48 for a smoke test", file=sys.stderr)
         return 2
     from xreg_edu.evaluate import group_registration_error
-    from xreg_edu.groupwise import ConvergenceOptions, ScheduleOptions, TransformLevel, register_group
+    from xreg_edu.groupwise import ScheduleOptions, TransformLevel, register_group
     from xreg_edu.simulate import misalign
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _common import machine
+    from _common import finish, machine, plot_style
     start = machine(torch.get_num_threads(), args.device)
     g = make_group(args.size, args.device)
     obs, mis = misalign(g, "rigid", seed=0, max_angle_deg=10.0, max_translation_mm=10.0)
@@ -100,11 +105,10 @@ def main(argv=None) -> int:
               f"peak {t['peak_gpu_memory_mb']:8.0f} MB", flush=True)
 
     # accuracy: register_group's defaults (the default schedule of this grid) to convergence
-    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
-    sync()
+    _sync(args.device)
     t0 = time.perf_counter()
     r = register_group(obs, device=args.device)
-    sync()
+    _sync(args.device)
     conv = {"seconds": time.perf_counter() - t0, "iterations": r.iterations,
             "stages": [{k: s[k] for k in ("name", "shape", "iterations", "sample_rate")} for s in r.stages],
             "gre_before_mm": float(group_registration_error(mis.points, fg)),
@@ -116,13 +120,11 @@ def main(argv=None) -> int:
     print("|---|---|---|---|")
     for label, t in rows.items():
         print(f"| {label} | {t['iterations_per_s']:.2f} | {t['ms_per_iteration']:.1f} | {t['peak_gpu_memory_mb']:.0f} |")
-    from _common import finish
     out = {"benchmark": "bench_gpu", "device": args.device, "device_name": name, "machine_start": start,
            "group_shape": list(obs.images.shape), "spacing_mm": list(obs.spacing), "iterations": args.iterations,
            "configs": rows, "default_schedule_run": conv, "cuda": torch.version.cuda}
 
     def plot(out):
-        from _common import plot_style
         plt = plot_style()
         fig, ax = plt.subplots(figsize=(6, 3.5))
         ax.barh(list(out["configs"]), [t["iterations_per_s"] for t in out["configs"].values()], color="tab:green")

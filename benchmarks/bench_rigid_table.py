@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
+import bench_vs_elastix as V  # noqa: E402
 
 METHODS = {                     # label -> (method, ObjectiveOptions fields)
     "X-CoReg": ("xcoreg", {}),
@@ -46,27 +47,9 @@ SUCCESS_MM = 2.0
 
 
 def full_slice_group(device="cpu"):
-    """open_ms patient07 T1/T2/FLAIR, the loader's axial slice but the full 218 x 182 field of view at 1 mm."""
-    import nibabel as nib
-
-    import xreg_edu as xr
-    from xreg_edu.datasets import fetch
-    from xreg_edu.group import ImageGroup
-
-    ref = xr.load_dataset("open_ms", size=None, modalities=["T1", "T2", "FLAIR"])
-    k = int(ref.meta["slice_index"][0]) if isinstance(ref.meta["slice_index"], (list, tuple)) \
-        else int(ref.meta["slice_index"])
-    files = {p.name.split("_")[0]: p for p in fetch("open_ms") if "patient07" in str(p)}
-    images = []
-    for mod in ("T1", "T2", "FLAIR"):
-        img = nib.as_closest_canonical(nib.load(str(files[mod])))
-        vol = img.get_fdata(dtype=np.float32)                     # RAS: [x, y, z]
-        sl = vol[:, :, k].T[::-1]                                 # [y (anterior up), x]
-        hi = np.percentile(sl[sl > 0], 99.5) if (sl > 0).any() else 1.0
-        images.append(np.clip(sl / (hi if hi > 0 else 1.0), 0, None))
-    arr = torch.from_numpy(np.ascontiguousarray(np.stack(images)[:, None])).float().to(device)
-    return ImageGroup(images=arr, spacing=(1.0, 1.0), names=["patient07/T1", "patient07/T2", "patient07/FLAIR"],
-                      meta={"dataset": "open_ms", "slice_index": k, "fov": "full"})
+    """open_ms patient07 T1/T2/FLAIR, the loader's axial slice but the full 218 x 182 field of view at 1 mm (the
+    2-D group of ``bench_vs_elastix``)."""
+    return V.load("2d_full")[0].to(device)
 
 
 def main(argv=None) -> int:

@@ -79,7 +79,8 @@ def elastix_parameters(dim: int, resolutions: int = 3, iterations: int = 500):
 def load(setting: str, patient: str = "patient07"):
     """(aligned ImageGroup, foreground [*S]) of a setting: open_ms ``patient`` T1/T2/FLAIR on the full MNI field of
     view (no ROI crop): 2-D the loader's axial slice, 218 x 182 at 1 mm; 3-D 182 x 218 x 182 at 1 mm (trilinear
-    to 91 x 109 x 91 at 2 mm). Intensities / 99.5th foreground percentile, as ``bench_rigid_table``."""
+    to 91 x 109 x 91 at 2 mm). Intensities / 99.5th foreground percentile. ``bench_rigid_table`` and
+    ``bench_schedule_2d`` load their 2-D groups here too."""
     import nibabel as nib
     import torch
     import torch.nn.functional as F
